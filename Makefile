@@ -1,0 +1,36 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR := demo-out
+
+.PHONY: install demo test fixtures bench signatures fuzz clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[test,onnx,s3,ray]"
+	touch $(STAMP)
+
+fixtures: install
+	$(PY) fixtures/make_fixtures.py $(DEMO_DIR)/models
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PY) fixtures/make_fixtures.py $(DEMO_DIR)/models
+	$(PY) fixtures/demo.py $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(PY) bench/run.py
+
+signatures: install
+	$(PY) ckpt_migrate/architectures/build_index.py
+
+clean:
+	rm -rf $(DEMO_DIR) build *.egg-info

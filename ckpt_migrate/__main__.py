@@ -1,0 +1,5 @@
+"""``python -m ckpt_migrate``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,240 @@
+"""The Python API that mirrors the CLI: ``load``, ``convert``, ``inspect``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Sequence
+
+from . import registry
+from .checkpoint import Checkpoint
+from .converters.base import RawRead, ReadOptions, WriteOptions, WriteReport
+from .errors import CkptMigrateError, UsageError
+from .extract import extract
+from .plain import to_plain
+from .source import Source
+from .unpickler import DEFAULT_LIMITS, Limits
+
+TOOL_VERSION = "0.1.0"
+
+
+def read_raw(src: str, *, allow_calls: Iterable[str] = (), limits: Limits = DEFAULT_LIMITS, collect_only: bool = False) -> tuple[RawRead, str]:
+    """Sniff ``src`` and run its reader; return what it found and the reader's name.
+
+    Raises:
+        UnsupportedFormatError: no reader recognises the file.
+        UnsafeFileError: the file calls something outside the allowlist.
+        CorruptFileError: the file is malformed.
+    """
+    source = Source(str(src))
+    reader = registry.sniff(source)
+    options = ReadOptions(frozenset(allow_calls), limits, collect_only)
+    try:
+        raw = reader.read(source, options)
+    except CkptMigrateError as error:
+        raise error.with_path(source.name)
+    return raw, reader.name
+
+
+def load(
+    src: str | os.PathLike,
+    *,
+    select: str | None = None,
+    ema: bool = False,
+    allow_calls: Iterable[str] = (),
+    limits: Limits = DEFAULT_LIMITS,
+    hash_source: bool = True,
+) -> Checkpoint:
+    """Open any supported checkpoint without executing code from it.
+
+    Raises:
+        UnsupportedFormatError: no reader recognises the file.
+        UnsafeFileError: the file calls something outside the allowlist (exit 3).
+        CorruptFileError: the file is malformed or truncated.
+        SelectionError: no weights, or an ambiguous bundle without ``select``.
+    """
+    path = os.fspath(src)
+    raw, reader_name = read_raw(path, allow_calls=allow_calls, limits=limits)
+    try:
+        if raw.tensors_only:
+            from .extract import Extraction
+
+            found = Extraction(raw.root, {}, "state_dict")
+        else:
+            found = extract(raw.root, select=select, ema=ema, fmt=raw.format)
+    except CkptMigrateError as error:
+        raise error.with_path(path)
+    source = Source(path)
+    meta = {
+        "source": path,
+        "source_sha256": source.sha256() if hash_source else None,
+        "reader": reader_name,
+        "format": raw.format,
+        "kind": found.kind,
+        "tool": f"ckpt-migrate {TOOL_VERSION}",
+        "selected": found.selected,
+        "classes": found.classes,
+        **raw.meta,
+    }
+    verdicts = [use for use in raw.globals.values()]
+    from .checkpoint import GlobalVerdict
+
+    return Checkpoint(
+        tensors=found.tensors,
+        extras=found.extras,
+        meta=meta,
+        format=raw.format,
+        kind=found.kind,
+        globals=[GlobalVerdict(u.name, u.verdict, u.reason, u.offset) for u in verdicts],
+    )
+
+
+@dataclass
+class ConvertResult:
+    """What ``convert`` did: the writer's report plus the checkpoint's provenance."""
+
+    src: str
+    dst: str
+    writer: str
+    report: WriteReport
+    checkpoint: Checkpoint = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "format": self.writer,
+            "outputs": self.report.outputs,
+            "tensors": self.report.tensors,
+            "bytes": self.report.bytes,
+            "verified": self.report.verified,
+            "reader": self.checkpoint.meta.get("reader"),
+            "kind": self.checkpoint.kind,
+            "schemas": self.checkpoint.meta.get("schemas", []),
+            "details": to_plain(self.report.details),
+        }
+
+
+def prepare(
+    checkpoint: Checkpoint,
+    *,
+    schemas: Sequence[str] = (),
+    dtype: str | None = None,
+    strip_optimizer: bool = False,
+    strict_schemas: bool = False,
+) -> Checkpoint:
+    """Apply the transforms of ``convert`` in order: schemas, dtype cast, optimizer stripping.
+
+    Raises:
+        SchemaError: a schema is malformed or would collide keys.
+        UsageError: an unknown ``dtype``.
+    """
+    from . import transforms
+
+    if schemas:
+        from .schema_apply import apply_to_checkpoint
+
+        checkpoint = apply_to_checkpoint(checkpoint, schemas, strict=strict_schemas)
+    if dtype and dtype != "keep":
+        checkpoint = transforms.cast_floating(checkpoint, dtype)
+    if strip_optimizer:
+        checkpoint = transforms.strip_optimizer(checkpoint)
+    return checkpoint
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: str | None = None,
+    select: str | None = None,
+    ema: bool = False,
+    schemas: Sequence[str] = (),
+    dtype: str | None = None,
+    strip_optimizer: bool = False,
+    allow_calls: Iterable[str] = (),
+    verify: bool = True,
+    force: bool = False,
+    max_shard_size: str | None = None,
+    strict_schemas: bool = False,
+    **writer_options: Any,
+) -> ConvertResult:
+    """Read ``src`` safely, transform it, write ``dst`` atomically and verify it.
+
+    Raises:
+        CkptMigrateError: any subclass; its ``exit_code`` says how the CLI exits.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise UsageError("the destination is the source; inputs are never modified", path=dst)
+    writer_name = to or (registry.writer_for_destination(dst) if not (max_shard_size and not dst.endswith(".safetensors")) else "safetensors")
+    writer = registry.get_writer(writer_name)
+    from .atomic import check_destination
+
+    check_destination(dst, force)
+    checkpoint = load(src, select=select, ema=ema, allow_calls=allow_calls)
+    checkpoint = prepare(checkpoint, schemas=schemas, dtype=dtype, strip_optimizer=strip_optimizer, strict_schemas=strict_schemas)
+    if not checkpoint.tensors and writer_name == "safetensors":
+        raise CkptMigrateError("no tensors to write", path=src)
+    options = WriteOptions(verify=verify, force=force, max_shard_size=max_shard_size, extra=writer_options)
+    try:
+        report = writer.write(checkpoint, dst, options)
+    except CkptMigrateError as error:
+        raise error.with_path(src)
+    return ConvertResult(src, dst, writer_name, report, checkpoint)
+
+
+def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: str | None = None, ema: bool = False) -> dict[str, Any]:
+    """A JSON-able report: format, kind, tensors, extras, metadata and every global with its verdict.
+
+    Refused globals do not stop the report (nothing is executed either way); ``verdict`` says
+    ``refused`` and the CLI exits 3.
+
+    Raises:
+        UnsupportedFormatError: no reader recognises the file.
+        CorruptFileError: the file is malformed.
+    """
+    path = os.fspath(src)
+    raw, reader_name = read_raw(path, allow_calls=allow_calls, collect_only=True)
+    globals_ = [{"name": u.name, "verdict": u.verdict, "reason": u.reason, "offset": u.offset} for u in raw.globals.values()]
+    refused = [g["name"] for g in globals_ if g["verdict"] == "refused"]
+    report: dict[str, Any] = {"file": path, "format": raw.format, "reader": reader_name, "globals": globals_,
+                              "verdict": "refused" if refused else "ok", "meta": to_plain(raw.meta)}
+    if refused:
+        report.update(kind="refused", tensors=[], extras={})
+        return report
+    if raw.tensors_only:
+        from .extract import Extraction
+
+        found = Extraction(raw.root, {}, "state_dict")
+    else:
+        try:
+            found = extract(raw.root, select=select, ema=ema, fmt=raw.format)
+        except CkptMigrateError as error:
+            report.update(kind="no weights", error=error.message, tensors=[], extras={}, contents=to_plain(raw.root))
+            return report
+    tensors = [{"name": name, "dtype": ref.dtype.name, "shape": list(ref.shape), "bytes": ref.nbytes,
+                **({"quantized": ref.quantization.get("scheme")} if ref.quantization else {})}
+               for name, ref in found.tensors.items()]
+    report.update(
+        kind=found.kind,
+        selected=found.selected,
+        classes=found.classes,
+        tensors=tensors,
+        total_bytes=sum(t["bytes"] for t in tensors),
+        extras=to_plain(found.extras),
+        epoch=to_plain(found.extras.get("epoch")),
+    )
+    report["architecture"] = _guess_architecture(found.tensors)
+    return report
+
+
+def _guess_architecture(tensors: Any) -> Any:
+    try:
+        from .architectures.identify import identify
+    except ImportError:
+        return None
+    try:
+        return identify({name: tuple(ref.shape) for name, ref in tensors.items()}).to_json()
+    except Exception as error:  # noqa: BLE001 - identification is advisory; a failure must not hide the report
+        return {"error": str(error)}

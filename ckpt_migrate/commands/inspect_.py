@@ -1,0 +1,85 @@
+"""``ckpt-migrate inspect SRC``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .common import console, emit_json, handle_errors, read_options
+from .convert import human_size
+
+VERDICT_STYLE = {"allowed": "green", "stub": "yellow", "refused": "bold red"}
+
+
+def render_globals(out: Any, globals_: list[dict]) -> None:
+    """A table of every global a pickle names, with its verdict."""
+    from rich.table import Table
+
+    table = Table(title="Globals", title_justify="left")
+    table.add_column("global")
+    table.add_column("verdict")
+    table.add_column("offset", justify="right")
+    table.add_column("reason")
+    for entry in globals_:
+        style = VERDICT_STYLE.get(entry["verdict"], "")
+        table.add_row(entry["name"], f"[{style}]{entry['verdict']}[/{style}]", str(entry.get("offset") or ""), entry.get("reason") or "")
+    out.print(table)
+
+
+@click.command("inspect")
+@click.argument("src")
+@click.option("--select", metavar="KEY", help="Inspect the weights under this key of a bundle.")
+@click.option("--ema", is_flag=True, help="Inspect the EMA weights.")
+@click.option("--limit", default=40, show_default=True, help="Tensor rows to show (0: all).")
+@read_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tuple[str, ...], as_json: bool) -> None:
+    """Show what SRC holds, without executing anything from it.
+
+    Exits 3 when the file calls something outside the allowlist (the report still lists every global).
+    """
+    from rich.table import Table
+
+    from ..api import inspect
+
+    report = inspect(src, allow_calls=allow_calls, select=select, ema=ema)
+    code = 3 if report["verdict"] == "refused" else 0
+    if as_json:
+        emit_json(report)
+        sys.exit(code)
+    out = console()
+    out.print(f"[bold]{src}[/bold]")
+    out.print(f"  format: {report['format']}   kind: {report['kind']}   reader: {report['reader']}")
+    if report.get("selected"):
+        out.print(f"  weights from: {', '.join(report['selected'])}")
+    if report.get("classes"):
+        out.print(f"  classes: {', '.join(report['classes'][:8])}{' …' if len(report['classes']) > 8 else ''}")
+    if report.get("error"):
+        out.print(f"  [yellow]{report['error']}[/yellow]")
+    tensors = report.get("tensors", [])
+    if tensors:
+        out.print(f"  tensors: {len(tensors)}, {human_size(report.get('total_bytes', 0))}")
+        table = Table(show_edge=False)
+        for column in ("name", "dtype", "shape", "bytes"):
+            table.add_column(column, justify="right" if column == "bytes" else "left")
+        for row in tensors[: limit or None]:
+            table.add_row(row["name"], row["dtype"] + (f" ({row['quantized']})" if row.get("quantized") else ""), str(row["shape"]), human_size(row["bytes"]))
+        out.print(table)
+        if limit and len(tensors) > limit:
+            out.print(f"  … {len(tensors) - limit} more (--limit 0 shows all)")
+    arch = report.get("architecture")
+    if isinstance(arch, dict) and arch.get("summary"):
+        out.print(f"  architecture: {arch['summary']}")
+    if report.get("extras"):
+        out.print("  extras:")
+        for key, value in report["extras"].items():
+            text = str(value)
+            out.print(f"    {key}: {text[:100]}{'…' if len(text) > 100 else ''}", markup=False)
+    if report["globals"]:
+        render_globals(out, report["globals"])
+    if code:
+        click.echo(f"ckpt-migrate: error: {src}: refused: calls {', '.join(g['name'] for g in report['globals'] if g['verdict'] == 'refused')}", err=True)
+    sys.exit(code)

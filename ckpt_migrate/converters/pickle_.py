@@ -1,0 +1,46 @@
+"""Reader for plain pickles (``pickle.dump`` rather than ``torch.save``), through the safe interpreter.
+
+Tensors in a plain pickle carry their storages as nested ``torch.storage._load_from_bytes``
+payloads, which go back through the same interpreter. Files of other tools (numpy-only objects,
+old PyBrain networks) open as inert data and are then reported as holding no weights.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import NotMyFormat
+from ..source import Source
+from ..unpickler import Interpreter, Policy
+from .base import RawRead, ReadOptions, Reader
+from .torch_legacy import looks_legacy, nested_loader
+
+_PROTOCOL0_START = re.compile(rb"^(\((?:d|l|t|i|c|\(|dp\d|lp\d)|c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n)")
+
+
+class PlainPickleReader(Reader):
+    """A plain pickle stream of any protocol (0-5)."""
+
+    name = "pickle"
+    description = "plain pickle (pickle.dump), protocols 0-5, opened by the safe interpreter"
+
+    def sniff(self, head: bytes, source: Source) -> None:
+        if looks_legacy(head):
+            raise NotMyFormat()
+        if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+            return
+        if _PROTOCOL0_START.match(head):
+            return
+        raise NotMyFormat()
+
+    def read(self, source: Source, options: ReadOptions) -> RawRead:
+        data = source.map()
+        interpreter = Interpreter(
+            data,
+            path=source.name,
+            load_nested=nested_loader(source.name, options, depth=1),
+            policy=Policy(options.allow_calls, options.collect_only),
+            limits=options.limits,
+        )
+        result = interpreter.run()
+        return RawRead(result.value, "pickle", result.globals, {})

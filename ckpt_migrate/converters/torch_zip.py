@@ -1,0 +1,162 @@
+"""Reader for torch's zip format (``torch.save`` since 1.6) and TorchScript archives.
+
+Entries are read in memory with bounds checks, never extracted. Storages are not read at all:
+each becomes a :class:`ByteSource` range inside the zip file (entries are stored uncompressed).
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from typing import Any
+
+from ..checkpoint import ByteSource, StorageRef
+from ..errors import CorruptFileError, NotMyFormat
+from ..source import Source
+from ..unpickler import Interpreter, Policy
+from . import _storages
+from .base import RawRead, ReadOptions, Reader
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _bad_name(name: str) -> bool:
+    return name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name.split("/")[0]
+
+
+class TorchZipArchive:
+    """The entries of a torch zip file, located once, read on demand."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.handle = source.open()
+        try:
+            self.zip = zipfile.ZipFile(self.handle)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+            self.handle.close()
+            raise CorruptFileError(f"not a readable zip archive ({error}); the file may be truncated", path=source.name) from None
+        names = self.zip.namelist()
+        climbing = [n for n in names if _bad_name(n)]
+        if climbing:
+            self.close()
+            raise CorruptFileError(f"zip entry name climbs out of the archive: {climbing[0]!r}", path=source.name)
+        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pickles and "data.pkl" in names:
+            pickles = ["data.pkl"]
+        if len(pickles) != 1:
+            self.close()
+            raise NotMyFormat()
+        self.top = pickles[0][: -len("data.pkl")]
+        self.names = set(names)
+        self.is_torchscript = f"{self.top}constants.pkl" in self.names or any(n.startswith(f"{self.top}code/") for n in names)
+
+    def close(self) -> None:
+        self.zip.close()
+        self.handle.close()
+
+    def read_entry(self, name: str, limit: int) -> bytes:
+        """Read one small entry into memory.
+
+        Raises:
+            CorruptFileError: the entry is missing, too large, or fails its CRC.
+        """
+        try:
+            info = self.zip.getinfo(name)
+        except KeyError:
+            raise CorruptFileError(f"zip entry {name} is missing", path=self.source.name) from None
+        if info.file_size > limit:
+            raise CorruptFileError(f"zip entry {name} declares {info.file_size} bytes, over the limit of {limit}", path=self.source.name)
+        try:
+            return self.zip.read(info)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+            raise CorruptFileError(f"zip entry {name} cannot be read: {error}", path=self.source.name) from None
+
+    def entry_range(self, name: str) -> ByteSource:
+        """Where an uncompressed entry's bytes lie in the file (an in-memory copy when compressed).
+
+        Raises:
+            CorruptFileError: the entry is missing or its local header disagrees with the directory.
+        """
+        try:
+            info = self.zip.getinfo(name)
+        except KeyError:
+            raise CorruptFileError(f"storage entry {name} is missing from the archive", path=self.source.name) from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            data = self.read_entry(name, 1 << 40)
+            return ByteSource(self.source.name, 0, len(data), buffer=data)
+        self.handle.seek(info.header_offset)
+        header = self.handle.read(30)
+        if len(header) != 30 or header[:4] != ZIP_MAGIC:
+            raise CorruptFileError(f"zip entry {name} has no local header where the directory says", path=self.source.name)
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        local_name = self.handle.read(name_len)
+        if local_name.decode("utf-8", "replace") != name and local_name.decode("cp437", "replace") != name:
+            raise CorruptFileError(f"zip entry {name} does not match its local header ({local_name[:60]!r})", path=self.source.name)
+        start = info.header_offset + 30 + name_len + extra_len
+        if start + info.file_size > self.source.size():
+            raise CorruptFileError(f"zip entry {name} runs past the end of the file", path=self.source.name)
+        return self.source.byte_source(start, info.file_size)
+
+
+class TorchZipReader(Reader):
+    """``torch.save`` zip files (torch ≥ 1.6) and TorchScript archives, through the safe interpreter."""
+
+    name = "torch-zip"
+    description = "torch.save zip format (torch >= 1.6), incl. TorchScript archives (weights only)"
+
+    def sniff(self, head: bytes, source: Source) -> None:
+        if not head.startswith(ZIP_MAGIC):
+            raise NotMyFormat()
+        archive = TorchZipArchive(source)
+        archive.close()
+
+    def read(self, source: Source, options: ReadOptions) -> RawRead:
+        archive = TorchZipArchive(source)
+        try:
+            return self._read(archive, options)
+        finally:
+            archive.close()
+
+    def _read(self, archive: TorchZipArchive, options: ReadOptions) -> RawRead:
+        path = archive.source.name
+        top = archive.top
+        byteorder = "little"
+        if f"{top}byteorder" in archive.names:
+            byteorder = archive.read_entry(f"{top}byteorder", 16).decode("ascii", "replace").strip()
+            if byteorder not in ("little", "big"):
+                raise CorruptFileError(f"byteorder entry says {byteorder!r}", path=path)
+        storages: dict[str, StorageRef] = {}
+
+        def persistent_load(pid: Any) -> StorageRef:
+            pid = _storages.check_pid(pid, path, 5)
+            if pid[0] != "storage":
+                raise CorruptFileError(f"unknown persistent id kind {pid[0]!r}", path=path)
+            _, type_ref, key, location, numel = pid[:5]
+            key = str(key)
+            if key in storages:
+                return storages[key]
+            dtype = _storages.storage_type(type_ref, path)
+            source = archive.entry_range(f"{top}data/{key}")
+            storage = _storages.new_storage(key, dtype, numel, location, source, path)
+            storage.byteorder = byteorder
+            storages[key] = storage
+            return storage
+
+        data = archive.read_entry(f"{top}data.pkl", options.limits.max_pickle_bytes)
+        from .torch_legacy import nested_loader
+
+        interpreter = Interpreter(
+            data,
+            path=path,
+            persistent_load=persistent_load,
+            load_nested=nested_loader(path, options, depth=1),
+            policy=Policy(options.allow_calls, options.collect_only),
+            limits=options.limits,
+        )
+        result = interpreter.run()
+        fmt = "torchscript" if archive.is_torchscript else "torch-zip"
+        version = archive.read_entry(f"{top}version", 64).decode("ascii", "replace").strip() if f"{top}version" in archive.names else None
+        if version is None and f"{top}.data/version" in archive.names:
+            version = archive.read_entry(f"{top}.data/version", 64).decode("ascii", "replace").strip()
+        meta = {"archive_root": top.rstrip("/"), "byteorder": byteorder, "zip_version": version, "storages": len(storages)}
+        return RawRead(result.value, fmt, result.globals, meta)
