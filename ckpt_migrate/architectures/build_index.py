@@ -59,12 +59,12 @@ def _meta_parameters() -> Iterator[None]:
     with torch ops and ``.tolist()``), which a plain ``torch.device("meta")`` context breaks.
     """
 
-    def parameter_hook(_module: Any, _name: str, param: Any) -> Any:
+    def parameter_hook(_owner: Any, _name: str, param: Any) -> Any:
         if param is None or param.device.type == "meta":
             return None
         return torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
-    def buffer_hook(_module: Any, _name: str, buffer: Any) -> Any:
+    def buffer_hook(_owner: Any, _name: str, buffer: Any) -> Any:
         if buffer is None or buffer.device.type == "meta":
             return None
         return buffer.to("meta")

@@ -11,6 +11,7 @@ them and ``load_state_dict`` fills them in.
 from __future__ import annotations
 
 import functools
+import gc
 import gzip
 import json
 from collections import Counter
@@ -170,8 +171,13 @@ class _Variant:
     rank: tuple[int, int, str]
     kwargs: dict[str, Any]
     defaults: dict[str, int]
-    shapes: dict[str, tuple[Dim, ...]]
+    keys: tuple[str, ...]
+    blob: str
     required: frozenset[str]
+
+    @functools.cached_property
+    def shapes(self) -> dict[str, tuple[Dim, ...]]:
+        return {key: tuple(_decode_dim(d) for d in shape) for key, shape, _dtype in json.loads(self.blob)}
 
 
 @dataclass(frozen=True)
@@ -207,14 +213,33 @@ def _rank(builder: str, module: str) -> tuple[int, int, str]:
     return (order, len(builder), builder)
 
 
-@functools.lru_cache(maxsize=4)
 def load_index(path: str | None = None) -> _Index:
-    """Load and prepare the signature index (cached).
+    """Load and prepare the signature index (cached per file).
 
     Raises:
         ArchitectureError: the index file is missing or unreadable (run ``make signatures``).
     """
-    source = Path(path) if path else INDEX_PATH
+    return _load_index(str(Path(path) if path else INDEX_PATH))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_index(path: str) -> _Index:
+    """Read the index with the cyclic GC paused.
+
+    Per-variant signatures are kept as JSON text and decoded on first comparison, so the parsed
+    containers die by reference counting and never push a full collection of the host process's
+    heap (hundreds of milliseconds once torch is imported).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_index(Path(path))
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_index(source: Path) -> _Index:
     try:
         raw = json.loads(gzip.decompress(source.read_bytes()))
     except (OSError, ValueError, EOFError) as error:
@@ -224,19 +249,21 @@ def load_index(path: str | None = None) -> _Index:
         ) from None
     variants: list[_Variant] = []
     by_key: dict[str, list[int]] = {}
+    all_keys: set[str] = set()
     for builder, entry in raw["builders"].items():
         for variant in entry["variants"]:
-            shapes = {key: tuple(_decode_dim(d) for d in shape) for key, shape, _dtype in variant["keys"]}
-            required = frozenset(k for k in shapes if not k.endswith(OPTIONAL_SUFFIX))
+            keys = tuple(key for key, _shape, _dtype in variant["keys"])
+            required = frozenset(k for k in keys if not k.endswith(OPTIONAL_SUFFIX))
             idx = len(variants)
+            blob = json.dumps(variant["keys"], separators=(",", ":"))
             variants.append(_Variant(builder, _rank(builder, entry["module"]), dict(variant["kwargs"]),
-                                     dict(entry["variables"]), shapes, required))
+                                     dict(entry["variables"]), keys, blob, required))
+            all_keys.update(keys)
             for key in required:
                 by_key.setdefault(key, []).append(idx)
-    all_keys = frozenset(k for v in variants for k in v.shapes)
     builders = {name: {k: v for k, v in entry.items() if k != "variants"} for name, entry in raw["builders"].items()}
     versions = {"torch": raw.get("torch", "?"), "torchvision": raw.get("torchvision", "?")}
-    return _Index(tuple(variants), {k: tuple(v) for k, v in by_key.items()}, all_keys, builders,
+    return _Index(tuple(variants), {k: tuple(v) for k, v in by_key.items()}, frozenset(all_keys), builders,
                   dict(raw.get("failed", {})), versions)
 
 
@@ -356,7 +383,7 @@ def identify(shapes: Mapping[str, Any], *, builders: Iterable[str] | None = None
     if allowed is None:
         known: frozenset[str] = index.all_keys
     else:
-        known = frozenset(k for v in index.variants if v.builder in allowed for k in v.shapes)
+        known = frozenset(k for v in index.variants if v.builder in allowed for k in v.keys)
     prefix = detect_prefix(normalized, known)
     stripped = strip_prefix(normalized, prefix)
     hits: Counter[int] = Counter()
@@ -375,10 +402,9 @@ def identify(shapes: Mapping[str, Any], *, builders: Iterable[str] | None = None
     pool.sort(key=lambda i: (-coarse(i), index.variants[i].rank))
     chosen = [i for i in pool if coarse(i) == 1.0]
     chosen += [i for i in pool[:_FULL_COMPARE] if i not in chosen]
-    matches = [_compare(index.variants[i], stripped, prefix) for i in chosen]
-    ranks = {id(m): index.variants[i].rank for m, i in zip(matches, chosen)}
-    exact = sorted((m for m in matches if m.exact), key=lambda m: ranks[id(m)])
-    nearest = sorted((m for m in matches if not m.exact and (m.matched or allowed is not None)),
-                     key=lambda m: (-m.score, len(m.mismatched), ranks[id(m)]))
+    ranked = [(index.variants[i].rank, _compare(index.variants[i], stripped, prefix)) for i in chosen]
+    exact = [m for _, m in sorted((p for p in ranked if p[1].exact), key=lambda p: p[0])]
+    nearest = [m for _, m in sorted((p for p in ranked if not p[1].exact and (p[1].matched or allowed is not None)),
+                                    key=lambda p: (-p[1].score, len(p[1].mismatched), p[0]))]
     return Identification(prefix, len(normalized), tuple(exact), tuple(nearest[:limit] if not exact else ()),
                           index.failed)

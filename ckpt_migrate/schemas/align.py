@@ -28,6 +28,8 @@ HOW: dict[str, str] = {
     "shape-order": "shape and order among modules with the same parameter names and shapes",
 }
 
+_SHORT = {"exact": "name", "suffix": "suffix", "module": "module", "shape": "shape", "shape-order": "shape and order"}
+
 
 @dataclass
 class Alignment:
@@ -232,6 +234,11 @@ def _plan(alignment: Alignment) -> tuple[str | None, list[tuple[str, str, list[t
     if len(heads) == 1 and None not in heads and len(mapping) == len(source_keys):
         return next(iter(heads)), [], []
     hows = {s: how for s, _, how in alignment.matches}
+    under_prefix: dict[str, list[str]] = defaultdict(list)
+    for key in source_keys:
+        parts = key.split(".")
+        for n in range(1, len(parts)):
+            under_prefix[".".join(parts[:n]) + "."].append(key)
     covered: set[str] = set()
     prefixes: list[tuple[str, str, list[tuple[str, str]]]] = []
     singles: list[tuple[str, str, str]] = []
@@ -239,7 +246,7 @@ def _plan(alignment: Alignment) -> tuple[str | None, list[tuple[str, str, list[t
         if s in covered:
             continue
         for old, new in _prefix_candidates(s, t):
-            under = [k for k in source_keys if k.startswith(old)]
+            under = under_prefix.get(old, [])
             if len(under) > 1 and all(mapping.get(k) == new + k[len(old):] for k in under):
                 prefixes.append((old, new, [(k, hows[k]) for k in under]))
                 covered.update(under)
@@ -250,11 +257,11 @@ def _plan(alignment: Alignment) -> tuple[str | None, list[tuple[str, str, list[t
     return None, prefixes, singles
 
 
-def _describe_keys(items: list[tuple[str, str]]) -> str:
-    names = [k for k, _ in items]
-    listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+def _describe_keys(prefix: str, items: list[tuple[str, str]]) -> str:
+    names = [k[len(prefix):] for k, _ in items]
+    listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
     kinds = sorted({how for _, how in items})
-    return f"{listed}: matched by {'; '.join(HOW.get(k, k) for k in kinds)}"
+    return f"{len(names)} keys ({listed}): matched by {'; '.join(HOW.get(k, k) for k in kinds)}"
 
 
 def _rules_text(alignment: Alignment, single_table: bool) -> list[str]:
@@ -268,7 +275,7 @@ def _rules_text(alignment: Alignment, single_table: bool) -> list[str]:
     if prefixes:
         lines += ["[[rules]]", "[rules.rename_prefix]"]
         for old, new, items in prefixes:
-            lines += [_comment(_describe_keys(items)), f"{_toml_string(old)} = {_toml_string(new)}"]
+            lines += [_comment(_describe_keys(old, items)), f"{_toml_string(old)} = {_toml_string(new)}"]
         lines.append("")
     if singles:
         lines += ["[[rules]]", "[rules.rename]"]
@@ -298,7 +305,7 @@ def _report_lines(alignment: Alignment) -> list[str]:
 
 def _render(alignment: Alignment, name: str, description: str, single_table: bool) -> str:
     counts = Counter(how for _, _, how in alignment.matches)
-    summary = ", ".join(f"{n} by {how.replace('-', ' and ')}" for how, n in counts.items()) or "none"
+    summary = ", ".join(f"{n} by {_SHORT[how]}" for how, n in counts.items()) or "none"
     total = len(alignment.matches) + len(alignment.unmatched_source)
     lines = [
         _comment("Inferred by `ckpt-migrate schema infer` from a key alignment; review before use."),

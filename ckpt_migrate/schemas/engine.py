@@ -60,6 +60,13 @@ class Rule:
     ``rename_prefix``/``rename`` {mapping}; ``regex`` {pattern, replace}; ``drop``/``keep``
     {pattern}; ``reshape`` {key, shape}; ``transpose`` {key, dims}; ``split`` {key, dim, into,
     sizes}; ``concat`` {keys, dim, into}.
+
+    Semantics: ``strip_prefix`` with ``when = "any"`` strips each listed prefix, in list order,
+    from the keys that have it; with ``when = "all"`` it strips a listed prefix only when every key
+    has it, repeatedly; ``common = N`` strips the first N dotted components when every key shares
+    them. ``rename_prefix`` uses the longest matching prefix. ``regex`` replaces every match
+    (``re.sub``); ``drop``/``keep`` use ``re.search``. A ``-1`` in a reshape shape is inferred.
+    ``transpose`` dims are two dims to swap, or a full permutation.
     """
 
     kind: str
@@ -183,7 +190,7 @@ def apply_schemas(
                 problems.append("key(s) not found: " + ", ".join(map(repr, outcome.missing)))
             if problems:
                 if strict:
-                    raise ctx.error("; ".join(problems) + " (an error under --strict)")
+                    raise ctx.error("; ".join(problems) + " (an error in strict mode)")
                 result.warnings.append(ctx.prefix + "; ".join(problems))
         result.applied.append(schema.name)
     result.tensors = state

@@ -231,7 +231,8 @@ def parse_schema(data: Mapping[str, Any], source: str, *, default_name: str | No
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             raise fail(f"unknown top-level key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}; expected {', '.join(TOP_LEVEL_KEYS)}")
-    name = data.get("name", default_name or Path(source).stem or "schema")
+    fallback = default_name or ("schema" if source.startswith("<") else Path(source).stem) or "schema"
+    name = data.get("name", fallback)
     description = data.get("description", "")
     if not isinstance(name, str) or not name:
         raise fail(f"name must be a non-empty string, got {name!r}")
