@@ -24,7 +24,8 @@ demo: install
 	$(PY) fixtures/demo.py $(DEMO_DIR)
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 bench: install
 	$(PY) bench/run.py

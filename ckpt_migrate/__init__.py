@@ -1,1 +1,32 @@
-"""ckpt-migrate."""
+"""ckpt-migrate: open old PyTorch checkpoints without executing them, and migrate them.
+
+Python API (mirrors the CLI): :func:`load`, :func:`convert`, :func:`inspect`, :func:`scan`,
+:func:`diff`, :func:`check`, :func:`migrate`. Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .api import TOOL_VERSION as __version__
+from .api import convert, inspect, load
+from .checkpoint import Checkpoint, TensorRef
+from . import errors
+
+_LAZY = {
+    "scan": ("ckpt_migrate.scan", "scan"),
+    "diff": ("ckpt_migrate.warmstart", "diff"),
+    "check": ("ckpt_migrate.warmstart", "check"),
+    "migrate": ("ckpt_migrate.migrate", "migrate"),
+}
+
+__all__ = ["Checkpoint", "TensorRef", "__version__", "check", "convert", "diff", "errors", "inspect", "load", "migrate", "scan"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        return getattr(importlib.import_module(module_name), attr)
+    raise AttributeError(f"module 'ckpt_migrate' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 from .errors import ArchitectureError, CkptMigrateError, UsageError
 
 Shape = tuple[int, ...]
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".bin", ".pkl", ".safetensors", ".onnx", ".distcp")
 
 
 @dataclass
@@ -59,6 +60,13 @@ def is_checkpoint_path(spec: str) -> bool:
     return os.path.isfile(spec) or os.path.isfile(os.path.join(spec, ".metadata"))
 
 
+def looks_like_path(spec: str) -> bool:
+    """True when ``spec`` reads as a file path (a separator or a checkpoint suffix, and no ``:Class``)."""
+    if ":" in spec and not spec.endswith(CHECKPOINT_SUFFIXES):
+        return False
+    return os.sep in spec or "/" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
 def resolve_target(spec: str, *, arch_kwargs: Mapping[str, Any] | None = None, select: str | None = None,
                    allow_calls: Iterable[str] = ()) -> Target:
     """Return the keys and shapes ``spec`` stands for.
@@ -94,13 +102,10 @@ def architecture_target(spec: str, arch_kwargs: dict[str, Any]) -> Target:
 
     if spec.strip() == "auto":
         raise UsageError("--target auto cannot work: name an architecture (vgg16, package.module:Class) or a checkpoint file")
-    try:
-        parsed = parse_arch_spec(spec)
-    except ArchitectureError as error:
-        if os.sep in spec or "." in os.path.basename(spec):
-            raise ArchitectureError(f"--target {spec!r} is neither an existing checkpoint file nor an architecture spec") from None
-        raise error
-    model, label, kwargs = _build_on_meta(build_model, parsed, arch_kwargs)
+    if looks_like_path(spec):
+        raise CkptMigrateError("no such checkpoint file; --target takes an existing checkpoint or an architecture "
+                               "(vgg16, torchvision:resnet50, package.module:Class)", path=spec)
+    model, label, kwargs = _build_on_meta(build_model, parse_arch_spec(spec), arch_kwargs)
     shapes = OrderedDict((name, tuple(int(s) for s in value.shape)) for name, value in model.state_dict().items())
     return Target(label, "architecture", shapes, dict(kwargs))
 
@@ -114,6 +119,4 @@ def _build_on_meta(build_model: Any, parsed: Any, arch_kwargs: dict[str, Any]) -
     except ArchitectureError as error:
         if "meta" not in str(error).lower():
             raise
-    except CkptMigrateError:
-        raise
     return build_model(parsed, None, arch_kwargs)
