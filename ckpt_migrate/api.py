@@ -172,7 +172,7 @@ def convert(
     from .atomic import check_destination
 
     check_destination(dst, force)
-    checkpoint = load(src, select=select, ema=ema, allow_calls=allow_calls)
+    checkpoint = load(src, select=select, ema=ema, allow_calls=allow_calls, hash_source=not getattr(writer, "hashes_source", False))
     checkpoint = prepare(checkpoint, schemas=schemas, dtype=dtype, strip_optimizer=strip_optimizer, strict_schemas=strict_schemas)
     if not checkpoint.tensors and writer_name == "safetensors":
         raise CkptMigrateError("no tensors to write", path=src)
@@ -235,6 +235,7 @@ def _guess_architecture(tensors: Any) -> Any:
     except ImportError:
         return None
     try:
-        return identify({name: tuple(ref.shape) for name, ref in tensors.items()}).to_json()
+        found = identify({name: tuple(ref.shape) for name, ref in tensors.items()})
+        return {**found.to_json(), "summary": found.describe()}
     except Exception as error:  # noqa: BLE001 - identification is advisory; a failure must not hide the report
         return {"error": str(error)}

@@ -20,7 +20,7 @@ EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
 OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states", "optim", "optimizers")
 NON_MODEL_KEYS = OPTIMIZER_KEYS + ("scheduler", "scheduler_state_dict", "lr_scheduler", "lr_schedulers",
                                    "scaler", "scaler_state_dict", "amp", "loops", "callbacks")
-MAX_DEPTH = 1000
+MAX_DEPTH = 300
 
 
 @dataclass

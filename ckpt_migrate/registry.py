@@ -16,14 +16,19 @@ from .errors import CkptMigrateError, NotMyFormat, UnsupportedFormatError
 
 BUILTIN_READERS: dict[str, str] = {
     "safetensors": "ckpt_migrate.converters.safetensors_:SafetensorsReader",
+    "safetensors-sharded": "ckpt_migrate.converters.sharded:ShardedSafetensorsReader",
     "torch-zip": "ckpt_migrate.converters.torch_zip:TorchZipReader",
     "torch-legacy": "ckpt_migrate.converters.torch_legacy:TorchLegacyReader",
     "torch-tar": "ckpt_migrate.converters.torch_legacy:TorchTarReader",
+    "dcp": "ckpt_migrate.converters.dcp:DcpReader",
     "pickle": "ckpt_migrate.converters.pickle_:PlainPickleReader",
 }
 
 BUILTIN_WRITERS: dict[str, str] = {
     "safetensors": "ckpt_migrate.converters.safetensors_writer:SafetensorsWriter",
+    "normalized": "ckpt_migrate.converters.normalized:NormalizedWriter",
+    "dcp": "ckpt_migrate.converters.dcp:DcpWriter",
+    "onnx": "ckpt_migrate.converters.onnx_:OnnxWriter",
 }
 
 READER_GROUP = "ckpt_migrate.readers"

@@ -62,6 +62,8 @@ class Source:
         return int(fs.size(path))
 
     def head(self, size: int = 4096) -> bytes:
+        if self.is_local and os.path.isdir(self.local_path):
+            return b""
         with self.open() as handle:
             return handle.read(size)
 
@@ -82,7 +84,18 @@ class Source:
         return ByteSource(self.url, offset, length, opener=self.open)
 
     def sha256(self) -> str:
+        """The SHA-256 of the file; of a local folder (DCP, shards): of its files' relative names and bytes, sorted."""
         digest = hashlib.sha256()
+        if self.is_local and os.path.isdir(self.local_path):
+            for root, dirs, files in os.walk(self.local_path):
+                dirs.sort()
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    digest.update(os.path.relpath(path, self.local_path).encode("utf-8") + b"\0")
+                    with open(path, "rb") as handle:
+                        while chunk := handle.read(1 << 22):
+                            digest.update(chunk)
+            return digest.hexdigest()
         with self.open() as handle:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)

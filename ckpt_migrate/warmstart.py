@@ -78,6 +78,84 @@ def check_report(source_shapes: Mapping[str, Sequence[int]], target_shapes: Mapp
 
 
 @dataclass
+class WarmStartCheck:
+    """What :func:`check` found: the key report plus its context (target, schemas applied, hints).
+
+    ``target`` is the resolved target's JSON summary (label, kind, key count, builder kwargs);
+    ``suggestions`` names built-in or registered schemas that would make more keys match.
+    """
+
+    source: str
+    target: dict[str, Any]
+    report: CheckReport
+    schemas: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+
+    def failed(self, strict: bool = False) -> bool:
+        """True when nothing matched, or (``strict``) when anything is off, schema warnings included."""
+        return self.report.nothing_matched or (strict and (not self.report.ok or bool(self.warnings)))
+
+    def problems(self) -> list[str]:
+        """Counts of what is off, as short phrases (``1 missing``, ``2 shape-mismatched``)."""
+        kinds = (("missing", self.report.missing), ("unexpected", self.report.unexpected),
+                 ("shape-mismatched", self.report.mismatched), ("schema warning(s)", self.warnings))
+        return [f"{len(items)} {label}" for label, items in kinds if items]
+
+    def to_json(self, strict: bool = False) -> dict[str, Any]:
+        """One JSON-ready document: source, target summary, schemas, warnings, hints and the key report."""
+        return {"source": self.source, **self.target, "schemas": list(self.schemas), "warnings": list(self.warnings),
+                "suggestions": list(self.suggestions), "strict": strict, "exit_code": int(self.failed(strict)),
+                **self.report.to_json()}
+
+
+def check(src: str, target: str, *, schemas: Sequence[str] = (), arch_kwargs: Mapping[str, Any] | None = None,
+          select: str | None = None, allow_calls: Sequence[str] = ()) -> WarmStartCheck:
+    """How the weights of checkpoint ``src`` would load into ``target`` (an architecture SPEC or a checkpoint file).
+
+    ``schemas`` rename ``src``'s keys first (rule warnings are collected, not raised). Nothing is
+    executed from either file; an architecture is built on the meta device.
+
+    Raises:
+        CkptMigrateError: ``src`` or a target checkpoint cannot be read, a schema is malformed or
+            collides keys, or the architecture cannot be built (any subclass; exit code on the class).
+    """
+    from .api import load
+    from .targets import resolve_target
+
+    checkpoint = load(src, select=select, allow_calls=allow_calls, hash_source=False)
+    if schemas:
+        from .schema_apply import apply_to_checkpoint
+
+        checkpoint = apply_to_checkpoint(checkpoint, schemas)
+    resolved = resolve_target(target, arch_kwargs=arch_kwargs, allow_calls=allow_calls)
+    shapes = {k: tuple(ref.shape) for k, ref in checkpoint.tensors.items()}
+    report = check_report(shapes, resolved.shapes)
+    suggestions: list[str] = []
+    if report.unexpected or report.mismatched:
+        from .schemas import list_schemas
+
+        suggestions = suggest_schemas(shapes, resolved.shapes, list_schemas())
+    return WarmStartCheck(str(src), resolved.to_json(), report, list(checkpoint.meta.get("schemas", [])),
+                          list(checkpoint.meta.get("warnings", [])), suggestions)
+
+
+def diff(a: str, b: str, *, select: str | None = None, allow_calls: Sequence[str] = ()) -> "DiffReport":
+    """Compare the tensors of checkpoints ``a`` and ``b`` (any formats), one tensor pair in memory at a time.
+
+    Raises:
+        CkptMigrateError: either file cannot be read (naming it).
+    """
+    from .api import load
+
+    first = load(a, select=select, allow_calls=allow_calls, hash_source=False)
+    second = load(b, select=select, allow_calls=allow_calls, hash_source=False)
+    report = diff_report(first, second)
+    report.formats = (first.format, second.format)
+    return report
+
+
+@dataclass
 class TensorDifference:
     """One common key's comparison: dtypes, shapes, and the max absolute difference when comparable.
 
@@ -105,13 +183,19 @@ class TensorDifference:
 
 @dataclass
 class DiffReport:
-    """Keys only in A, only in B, and every common key's :class:`TensorDifference`, in A's order."""
+    """Keys only in A, only in B, and every common key's :class:`TensorDifference`, in A's order.
+
+    ``renamed`` pairs a key only in A with a key only in B holding the same dtype, shape and bytes
+    (each unique on both sides): probably one tensor under a new name.
+    """
 
     a: str
     b: str
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
     common: list[TensorDifference] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    formats: tuple[str, ...] = ()
 
     @property
     def dtype_changes(self) -> list[TensorDifference]:
@@ -151,27 +235,32 @@ class DiffReport:
                        "value_changes": len(self.value_changes)},
             "only_a": list(self.only_a),
             "only_b": list(self.only_b),
+            "renamed": [{"a": x, "b": y} for x, y in self.renamed],
             "dtype_changes": [d.to_json() for d in self.dtype_changes],
             "shape_changes": [d.to_json() for d in self.shape_changes],
             "value_changes": [d.to_json() for d in self.value_changes],
             "max_abs_diff": overall if overall is None or math.isfinite(overall) else str(overall),
+            "formats": list(self.formats),
         }
 
 
 Comparer = Callable[[Any, Any], float]
+Fingerprint = Callable[[Any], str]
 
 
-def diff_report(a: Checkpoint, b: Checkpoint, *, compare: Comparer | None = None) -> DiffReport:
+def diff_report(a: Checkpoint, b: Checkpoint, *, compare: Comparer | None = None,
+                fingerprint: Fingerprint | None = None) -> DiffReport:
     """Compare two checkpoints key by key; values are compared one tensor pair at a time.
 
     ``compare(ref_a, ref_b)`` returns the max absolute difference of two same-shape tensors; the
     default materializes both with torch, compares in a common type, and frees them before the next
-    pair.
+    pair. ``fingerprint(ref)`` digests one tensor's bytes, to pair keys renamed between A and B.
 
     Raises:
         CkptMigrateError: a tensor's bytes cannot be read (naming the file).
     """
     compare = compare or max_abs_difference
+    fingerprint = fingerprint or tensor_digest
     report = DiffReport(str(a.meta.get("source", "A")), str(b.meta.get("source", "B")))
     report.only_a = [k for k in a.tensors if k not in b.tensors]
     report.only_b = [k for k in b.tensors if k not in a.tensors]
@@ -183,7 +272,96 @@ def diff_report(a: Checkpoint, b: Checkpoint, *, compare: Comparer | None = None
         if entry.shape_a == entry.shape_b:
             entry.max_abs_diff = float(compare(ref_a, ref_b))
         report.common.append(entry)
+    report.renamed = pair_renamed(a.tensors, report.only_a, b.tensors, report.only_b, fingerprint)
     return report
+
+
+def pair_renamed(a: Mapping[str, Any], only_a: Sequence[str], b: Mapping[str, Any], only_b: Sequence[str],
+                 fingerprint: Fingerprint) -> list[tuple[str, str]]:
+    """Pairs ``(key in A, key in B)`` of same dtype, shape and digest, unique on both sides, in A's order.
+
+    Only tensors whose dtype and shape appear on both sides are digested.
+    """
+    def signature(ref: Any) -> tuple[str, Shape]:
+        return ref.dtype.name, tuple(ref.shape)
+
+    shared = {signature(a[k]) for k in only_a} & {signature(b[k]) for k in only_b}
+
+    def digests(refs: Mapping[str, Any], keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        return {k: (*signature(refs[k]), fingerprint(refs[k])) for k in keys if signature(refs[k]) in shared}
+
+    left, right = digests(a, only_a), digests(b, only_b)
+    by_digest: dict[tuple[Any, ...], list[str]] = {}
+    for key, digest in right.items():
+        by_digest.setdefault(digest, []).append(key)
+    count_left: dict[tuple[Any, ...], int] = {}
+    for digest in left.values():
+        count_left[digest] = count_left.get(digest, 0) + 1
+    return [(key, by_digest[d][0]) for key, d in left.items() if count_left[d] == 1 and len(by_digest.get(d, [])) == 1]
+
+
+def tensor_digest(ref: Any) -> str:
+    """SHA-256 of a lazy tensor's values in row-major order (native byte order)."""
+    import hashlib
+
+    import torch
+
+    tensor = ref.materialize().contiguous().reshape(-1)
+    return hashlib.sha256(tensor.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+class ShapeOnlyOps:
+    """:class:`~ckpt_migrate.schemas.TensorOps` over bare shapes, to dry-run schemas on a key → shape mapping."""
+
+    def shape(self, t: Shape) -> Shape:
+        """``t`` itself."""
+        return tuple(t)
+
+    def reshape(self, t: Shape, shape: Shape) -> Shape:
+        """The new shape."""
+        return tuple(shape)
+
+    def transpose(self, t: Shape, dims: Sequence[int]) -> Shape:
+        """The permuted shape (a full permutation, or two dims to swap)."""
+        perm = list(range(len(t)))
+        if len(dims) == len(t):
+            perm = [d % len(t) for d in dims]
+        else:
+            a, b = (d % len(t) for d in dims)
+            perm[a], perm[b] = perm[b], perm[a]
+        return tuple(t[d] for d in perm)
+
+    def split(self, t: Shape, dim: int, sizes: list[int]) -> list[Shape]:
+        """One shape per part."""
+        dim %= len(t)
+        return [t[:dim] + (size,) + t[dim + 1:] for size in sizes]
+
+    def concat(self, ts: list[Shape], dim: int) -> Shape:
+        """The joined shape."""
+        dim %= len(ts[0])
+        return ts[0][:dim] + (sum(t[dim] for t in ts),) + ts[0][dim + 1:]
+
+
+def suggest_schemas(source_shapes: Mapping[str, Sequence[int]], target_shapes: Mapping[str, Sequence[int]],
+                    schemas: Sequence[Any]) -> list[str]:
+    """Names of the ``schemas`` that, applied alone, make more source keys match the target; best first.
+
+    A schema that fails on these keys (a collision, a shape that does not fit) is skipped.
+    """
+    from .errors import SchemaError
+    from .schemas import apply_schemas, resolve_schemas
+
+    baseline = len(check_report(source_shapes, target_shapes).matched)
+    scored: list[tuple[int, str]] = []
+    for schema in schemas:
+        try:
+            result = apply_schemas({k: tuple(v) for k, v in source_shapes.items()}, resolve_schemas([schema]), ShapeOnlyOps())
+        except SchemaError:
+            continue
+        matched = len(check_report(result.tensors, target_shapes).matched)
+        if matched > baseline:
+            scored.append((-matched, schema.name))
+    return [name for _, name in sorted(scored)]
 
 
 def max_abs_difference(ref_a: Any, ref_b: Any) -> float:

@@ -286,3 +286,18 @@ def test_complex128_is_refused_clearly_for_safetensors(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "complex128" in proc.stderr and "c.pth" in proc.stderr
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_untyped_storage_dtypes_float8_and_uint16(tmp_path: Path) -> None:
+    state = {
+        "f8": torch.tensor([0.5, -1.0, 2.0]).to(torch.float8_e4m3fn),
+        "f8b": torch.tensor([1.0, 4.0]).to(torch.float8_e5m2),
+        "u16": torch.tensor([1, 2, 65535], dtype=torch.int32).to(torch.uint16),
+    }
+    src = tmp_path / "new_dtypes.pth"
+    torch.save(state, src)
+    dst = tmp_path / "new_dtypes.safetensors"
+    convert(src, dst)
+    written = load_file(str(dst))
+    for key, tensor in state.items():
+        assert bytes_equal(written[key], tensor), key

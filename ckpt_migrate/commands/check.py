@@ -12,17 +12,18 @@ from .common import console, emit_json, handle_errors, read_options
 _SHOW = 20
 
 
-def _render(out: Any, src: str, target: Any, report: Any, warnings: list[str], schemas: list[str]) -> None:
+def _render(out: Any, result: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    out.print(f"[bold]{escape(src)}[/bold] → {escape(target.label)} ({target.kind}, {len(target.shapes)} keys)")
-    if schemas:
-        out.print(f"  schemas applied: {escape(', '.join(schemas))}")
+    report, target, warnings = result.report, result.target, result.warnings
+    out.print(f"[bold]{escape(result.source)}[/bold] → {escape(target['target'])} ({target['kind']}, {target['keys']} keys)", soft_wrap=True)
+    if result.schemas:
+        out.print(f"  schemas applied: {escape(', '.join(result.schemas))}", soft_wrap=True)
     for warning in warnings:
-        out.print(f"  [yellow]warning:[/yellow] {escape(warning)}")
-    table = Table(show_edge=False)
-    table.add_column("")
+        out.print(f"  [yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+    table = Table(show_edge=False, show_header=False)
+    table.add_column("status")
     table.add_column("keys", justify="right")
     rows = (("matched", report.matched, "green"), ("missing", report.missing, "red"),
             ("unexpected", report.unexpected, "red"), ("shape mismatch", report.mismatched, "red"))
@@ -41,9 +42,11 @@ def _render(out: Any, src: str, target: Any, report: Any, warnings: list[str], s
     for label, items in (("missing", report.missing), ("unexpected", report.unexpected)):
         if items:
             shown = ", ".join(items[:_SHOW]) + (f", … {len(items) - _SHOW} more" if len(items) > _SHOW else "")
-            out.print(f"  {label}: {shown}", markup=False)
+            out.print(f"  {label}: {shown}", markup=False, soft_wrap=True)
     if report.ok and not warnings:
-        out.print("[green]✓[/green] load_state_dict(strict=True) would accept these weights")
+        out.print("[green]✓[/green] load_state_dict(strict=True) would accept these weights", soft_wrap=True)
+    if result.suggestions:
+        out.print(f"  hint: more keys match with --schema {' or --schema '.join(result.suggestions)}", markup=False, soft_wrap=True)
 
 
 @click.command("check")
@@ -63,31 +66,21 @@ def command(src: str, target_spec: str, arch_kwargs: str | None, schemas: tuple[
 
     Exits 1 when no key matches at all, and under --strict when anything is off; 0 otherwise.
     """
-    from ..api import load
-    from ..targets import parse_arch_kwargs, resolve_target
-    from ..warmstart import check_report
+    from ..targets import parse_arch_kwargs
+    from ..warmstart import check
 
-    kwargs = parse_arch_kwargs(arch_kwargs)
-    checkpoint = load(src, select=select, allow_calls=allow_calls, hash_source=False)
-    if schemas:
-        from ..schema_apply import apply_to_checkpoint
-
-        checkpoint = apply_to_checkpoint(checkpoint, schemas)
-    target = resolve_target(target_spec, arch_kwargs=kwargs, allow_calls=allow_calls)
-    report = check_report({k: ref.shape for k, ref in checkpoint.tensors.items()}, target.shapes)
-    warnings = list(checkpoint.meta.get("warnings", []))
-    applied = list(checkpoint.meta.get("schemas", []))
-    failed = report.nothing_matched or (strict and (not report.ok or bool(warnings)))
+    result = check(src, target_spec, schemas=schemas, arch_kwargs=parse_arch_kwargs(arch_kwargs), select=select,
+                   allow_calls=allow_calls)
+    failed = result.failed(strict)
     if as_json:
-        emit_json({"source": src, **target.to_json(), "schemas": applied, "warnings": warnings, "strict": strict,
-                   "exit_code": int(failed), **report.to_json()})
+        emit_json(result.to_json(strict))
     else:
-        _render(console(), src, target, report, warnings, applied)
-    if report.nothing_matched:
-        click.echo(f"ckpt-migrate: error: {src}: no key matches {target.label}; rename keys with --schema "
-                   f"(`ckpt-migrate schema infer {src} --target {target_spec} -o FILE` writes one)", err=True)
+        _render(console(), result)
+    label = result.target["target"]
+    if result.report.nothing_matched:
+        fix = (f"try --schema {' or --schema '.join(result.suggestions)}" if result.suggestions else
+               f"rename keys with --schema (`ckpt-migrate schema infer {src} --target {target_spec} -o FILE` writes one)")
+        click.echo(f"ckpt-migrate: error: {src}: no key matches {label}; {fix}", err=True)
     elif failed:
-        problems = [f"{len(items)} {label}" for label, items in (("missing", report.missing), ("unexpected", report.unexpected),
-                                                               ("shape-mismatched", report.mismatched), ("schema warning(s)", warnings)) if items]
-        click.echo(f"ckpt-migrate: error: {src}: does not load strictly into {target.label}: {', '.join(problems)}", err=True)
+        click.echo(f"ckpt-migrate: error: {src}: does not load strictly into {label}: {', '.join(result.problems())}", err=True)
     sys.exit(1 if failed else 0)

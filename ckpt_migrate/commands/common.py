@@ -53,7 +53,7 @@ def console() -> Any:
     """A rich console on stdout."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def read_options(func: Callable[..., Any]) -> Callable[..., Any]:

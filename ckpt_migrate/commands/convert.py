@@ -56,7 +56,7 @@ def command(src: str, dst: str, to: str | None, schemas: tuple[str, ...], strict
     writer_options = {k: v for k, v in {
         "arch": arch, "arch_kwargs": kwargs, "trust_modules": list(trust_modules), "input_shape": input_shape,
         "opset": opset, "static": static, "atol": atol, "exporter": exporter,
-    }.items() if v not in (None, [], False)}
+    }.items() if v is not None and v is not False and v != []}
     result = convert(src, dst, to=to, select=select, ema=ema, schemas=schemas, dtype=dtype, strip_optimizer=strip_optimizer,
                      allow_calls=allow_calls, verify=not no_verify, force=force, max_shard_size=max_shard_size,
                      strict_schemas=strict_schemas, **writer_options)
@@ -70,6 +70,14 @@ def command(src: str, dst: str, to: str | None, schemas: tuple[str, ...], strict
     out.print(f"[green]✓[/green] {src} → {', '.join(result.report.outputs)}")
     out.print(f"  {result.checkpoint.meta.get('reader')} ({result.checkpoint.kind}) → {result.writer}: "
               f"{result.report.tensors} tensors, {human_size(result.report.bytes)}, {check}")
+    details = result.report.details
+    if "architecture" in details and "exporter" in details:
+        kwargs = ", ".join(f"{k}={v}" for k, v in sorted((details.get("arch_kwargs") or {}).items()))
+        out.print(f"  architecture: {details['architecture']}{f' ({kwargs})' if kwargs else ''}; {details['exporter']} exporter, "
+                  f"opset {details['opset']}, input {details['input_shape']} {details['dtype']}, "
+                  f"{'dynamic' if details['dynamic_batch'] else 'fixed'} batch", markup=False)
+        for note in details.get("notes", []):
+            out.print(f"  note: {note}", markup=False)
     if result.checkpoint.meta.get("schemas"):
         out.print(f"  schemas applied: {', '.join(result.checkpoint.meta['schemas'])}")
     for warning in result.checkpoint.meta.get("warnings", []):

@@ -7,15 +7,12 @@ old PyBrain networks) open as inert data and are then reported as holding no wei
 
 from __future__ import annotations
 
-import re
-
 from ..errors import NotMyFormat
 from ..source import Source
 from ..unpickler import Interpreter, Policy
+from ..unpickler.static import looks_like_pickle
 from .base import RawRead, ReadOptions, Reader
 from .torch_legacy import looks_legacy, nested_loader
-
-_PROTOCOL0_START = re.compile(rb"^(\((?:d|l|t|i|c|\(|dp\d|lp\d)|c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n)")
 
 
 class PlainPickleReader(Reader):
@@ -29,7 +26,7 @@ class PlainPickleReader(Reader):
             raise NotMyFormat()
         if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
             return
-        if _PROTOCOL0_START.match(head):
+        if looks_like_pickle(head):
             return
         raise NotMyFormat()
 
@@ -41,6 +38,8 @@ class PlainPickleReader(Reader):
             load_nested=nested_loader(source.name, options, depth=1),
             policy=Policy(options.allow_calls, options.collect_only),
             limits=options.limits,
+            where="pickle",
         )
         result = interpreter.run()
-        return RawRead(result.value, "pickle", result.globals, {})
+        trailing = len(data) - interpreter.pos
+        return RawRead(result.value, "pickle", result.globals, {"trailing_bytes": trailing} if trailing else {})

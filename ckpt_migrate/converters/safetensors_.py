@@ -28,6 +28,19 @@ def looks_safetensors(head: bytes) -> bool:
     return 2 <= length <= MAX_HEADER_BYTES and head[8:9] == b"{"
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
 def parse_header(raw: bytes, file_size: int, name: str) -> tuple[dict[str, dict], dict[str, str], int]:
     """Validate a safetensors header; return entries, metadata and the data section's start.
 
@@ -42,9 +55,11 @@ def parse_header(raw: bytes, file_size: int, name: str) -> tuple[dict[str, dict]
     if 8 + length > file_size or len(raw) < 8 + length:
         raise CorruptFileError(f"safetensors header declares {length} bytes but the file holds {file_size - 8}", path=name)
     try:
-        header = json.loads(bytes(raw[8: 8 + length]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CorruptFileError(f"safetensors header is not valid JSON: {error}", path=name) from None
+        header = json.loads(bytes(raw[8: 8 + length]).decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as error:
+        raise CorruptFileError(f"safetensors header names {error.args[0]!r} twice; readers could disagree on which to use", path=name) from None
+    except (ValueError, RecursionError) as error:
+        raise CorruptFileError(f"safetensors header is not valid JSON: {str(error)[:200]}", path=name) from None
     if not isinstance(header, dict):
         raise CorruptFileError("safetensors header is not a JSON object", path=name)
     metadata = header.pop("__metadata__", None) or {}
@@ -56,7 +71,8 @@ def parse_header(raw: bytes, file_size: int, name: str) -> tuple[dict[str, dict]
     for key, entry in header.items():
         if not isinstance(entry, dict):
             raise CorruptFileError(f"safetensors entry {key!r} is not an object", path=name)
-        dtype = _dtypes.BY_SAFETENSORS.get(entry.get("dtype"))
+        code = entry.get("dtype")
+        dtype = _dtypes.BY_SAFETENSORS.get(code) if isinstance(code, str) else None
         if dtype is None:
             raise CorruptFileError(f"safetensors entry {key!r} has unknown dtype {entry.get('dtype')!r}", path=name)
         shape = entry.get("shape")

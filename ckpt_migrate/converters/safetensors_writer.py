@@ -1,17 +1,20 @@
-"""Writer for safetensors files: contiguous copies, provenance metadata, bit-for-bit verification."""
+"""Writer for safetensors files: streamed byte ranges when exact, torch otherwise; provenance metadata; bit-for-bit verification."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import struct
+import threading
+from typing import Any, Mapping
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, remove_quietly
 from ..checkpoint import Checkpoint
-from ..errors import UnsupportedFormatError, VerificationError
+from ..errors import CkptMigrateError, UnsupportedFormatError, UsageError, VerificationError
 from ..plain import scalar, to_plain
 from .base import WriteOptions, WriteReport, Writer
 
+SHA256_PLACEHOLDER = "0" * 64
 SCALAR_EXTRAS = ("epoch", "loss", "step", "global_step", "best_acc", "acc", "best_prec1", "best_loss")
 
 
@@ -80,24 +83,166 @@ def verify_file(path: str, expected: dict[str, Any], source: str) -> None:
                 raise VerificationError(f"tensor {name!r} read back from the output differs from the source", path=source)
 
 
+def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str], *, verify: bool, source: str,
+                  stream: bool | None = None) -> dict[str, Any]:
+    """Write ``tensors`` as one safetensors file at ``path`` (not atomic: the caller owns the temporary name).
+
+    Streams byte ranges without torch when that is exact (see :mod:`.stream`), else materializes
+    with torch; ``stream=False`` forces torch, ``stream=True`` forbids the fallback. Returns how it
+    was written: ``{"path": "stream"}`` or ``{"path": "general", "fallback": reason}``.
+
+    Raises:
+        VerificationError: the output does not read back equal to the source.
+        UsageError: ``stream=True`` and the tensors cannot be streamed exactly.
+        CorruptFileError: a source file ends before a tensor's bytes.
+    """
+    from .stream import CannotStream, plan_stream, verify_stream, write_stream
+
+    reason = "streaming disabled"
+    if stream is not False:
+        try:
+            plan = plan_stream(tensors, metadata)
+            write_stream(plan, path)
+            if verify:
+                verify_stream(plan, path, source)
+            return {"path": "stream"}
+        except CannotStream as why:
+            if stream:
+                raise UsageError(f"cannot stream exactly: {why}", path=source) from None
+            reason = str(why)
+            remove_quietly(path)
+    from safetensors.torch import save_file
+
+    from .._materialize import materialize_all
+
+    materialized = {name: tensor.contiguous().clone() for name, tensor in materialize_all(tensors).items()}
+    save_file(materialized, path, metadata=metadata)
+    if verify:
+        verify_file(path, materialized, source)
+    return {"path": "general", "fallback": reason}
+
+
+class SourceDigest:
+    """The source file's sha256 for the metadata, computed in a background thread while the output is written.
+
+    ``api.convert`` skips hashing at load time for writers that set ``hashes_source``; the hash
+    then costs no wall time of its own (it overlaps the copy and the verification). The metadata
+    is written with :data:`SHA256_PLACEHOLDER` (same length) and patched in place once the hash is known.
+    """
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.value: str | None = checkpoint.meta.get("source_sha256")
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        source = checkpoint.meta.get("source")
+        if self.value is None and isinstance(source, str) and source:
+            self.thread = threading.Thread(target=self._run, args=(source,), name="ckpt-migrate-sha256", daemon=True)
+            self.thread.start()
+
+    def _run(self, source: str) -> None:
+        from ..source import Source
+
+        try:
+            self.value = Source(source).sha256()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the writer's thread by result()
+            self.error = error
+
+    @property
+    def pending(self) -> bool:
+        return self.thread is not None
+
+    def metadata(self, checkpoint: Checkpoint) -> dict[str, str]:
+        """The checkpoint's safetensors metadata, with the placeholder while the hash is pending."""
+        metadata = safetensors_metadata(checkpoint)
+        if self.pending:
+            metadata["source_sha256"] = SHA256_PLACEHOLDER
+        return metadata
+
+    def result(self) -> str | None:
+        """Wait for the hash, record it in the checkpoint's meta and return it.
+
+        Raises:
+            CkptMigrateError: the source could not be read again.
+        """
+        if self.thread is not None:
+            self.thread.join()
+            if self.error is not None:
+                if isinstance(self.error, CkptMigrateError):
+                    raise self.error
+                raise CkptMigrateError(f"cannot hash the source: {self.error}", path=self.checkpoint.meta.get("source"))
+            self.checkpoint.meta["source_sha256"] = self.value
+        return self.value
+
+    def finish(self, paths: list[str], source: str) -> None:
+        """Patch the real hash into each written file's metadata and check it reads back.
+
+        Raises:
+            VerificationError: the placeholder is not found exactly once, or the patched header does not read back.
+        """
+        if not self.pending:
+            return
+        value = self.result() or ""
+        for path in paths:
+            patch_metadata(path, "source_sha256", SHA256_PLACEHOLDER, value, source)
+
+
+def patch_metadata(path: str, key: str, old: str, new: str, source: str) -> None:
+    """Replace the metadata value ``old`` of ``key`` by ``new`` (same length) in place, then reparse the header.
+
+    Raises:
+        VerificationError: the value is not found exactly once, the lengths differ, or the header no longer reads back.
+    """
+    from .safetensors_ import parse_header
+
+    needle = json.dumps(key).encode() + b":" + json.dumps(old).encode()
+    replacement = json.dumps(new).encode()
+    if len(replacement) != len(json.dumps(old).encode()):
+        raise VerificationError(f"metadata {key!r} cannot be patched with a value of another length", path=source)
+    with open(path, "r+b") as handle:
+        prefix = handle.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        header = handle.read(length)
+        at = header.find(needle)
+        if at < 0 or header.find(needle, at + 1) >= 0:
+            raise VerificationError(f"metadata {key!r} placeholder not found once in the written header", path=source)
+        handle.seek(8 + at + len(needle) - len(replacement))
+        handle.write(replacement)
+        handle.seek(0)
+        raw = handle.read(8 + length)
+    _, metadata, _ = parse_header(raw, os.path.getsize(path), path)
+    if metadata.get(key) != new:
+        raise VerificationError(f"metadata {key!r} does not read back after patching", path=source)
+
+
 class SafetensorsWriter(Writer):
-    """One ``.safetensors`` file; tied tensors are written under every name."""
+    """One ``.safetensors`` file, or a Hugging Face sharded folder with ``--max-shard-size``.
+
+    Tied tensors are written under every name. The streaming path (no torch, constant memory) is
+    used whenever it is exact; ``extra["stream"]`` forces it (True) or the torch path (False).
+    ``hashes_source``: the source's sha256 is taken here, overlapping the write, not by ``load``.
+    """
 
     name = "safetensors"
     description = "safetensors file (or sharded folder with --max-shard-size)"
     suffixes = (".safetensors",)
     requires = ("safetensors", "torch")
+    hashes_source = True
 
     def write(self, checkpoint: Checkpoint, dst: str, options: WriteOptions) -> WriteReport:
-        from safetensors.torch import save_file
-
         check_representable(checkpoint)
-        tensors = {name: tensor.contiguous().clone() for name, tensor in checkpoint.materialize().items()}
-        metadata = safetensors_metadata(checkpoint)
-        source = checkpoint.meta.get("source", dst)
+        if options.max_shard_size:
+            from .sharded import write_sharded
+
+            return write_sharded(checkpoint, dst, options)
+        if dst.endswith(os.sep) or os.path.isdir(dst):
+            raise UsageError("is a folder; a single safetensors file needs a file name (or pass --max-shard-size for shards)", path=dst)
+        digest = SourceDigest(checkpoint)
+        metadata = digest.metadata(checkpoint)
+        source = str(checkpoint.meta.get("source", dst))
         with atomic_path(dst, options.force) as tmp:
-            save_file(tensors, tmp, metadata=metadata)
-            if options.verify:
-                verify_file(tmp, tensors, source)
+            details = write_tensors(checkpoint.tensors, tmp, metadata, verify=options.verify, source=source,
+                                    stream=options.extra.get("stream"))
+            digest.finish([tmp], source)
         size = os.path.getsize(dst)
-        return WriteReport([dst], len(tensors), size, options.verify, {"metadata": metadata})
+        return WriteReport([dst], len(checkpoint.tensors), size, options.verify, {"metadata": safetensors_metadata(checkpoint), **details})

@@ -13,9 +13,11 @@ import tarfile
 from typing import Any, Callable
 
 from ..checkpoint import ByteSource, StorageRef
-from ..errors import CorruptFileError, LimitExceededError, NotMyFormat, UnsupportedFormatError
+from ..errors import CkptMigrateError, CorruptFileError, LimitExceededError, NotMyFormat, UnsupportedFormatError
 from ..source import Source
 from ..unpickler import Interpreter, Policy
+from ..unpickler.allowlist import NestedResult
+from ..unpickler.vm import merge_uses, refusal_error, settle
 from . import _storages
 from .base import RawRead, ReadOptions, Reader
 
@@ -31,8 +33,15 @@ def looks_legacy(head: bytes) -> bool:
     return head[:1] == b"\x80" and MAGIC_BYTES in head[:32]
 
 
+_PICKLE_NAMES = ("magic number", "protocol version", "sys_info", "object", "storage keys")
+
+
 class LegacyParse:
-    """One pass over a legacy-format buffer; :meth:`run` returns the top object and verdicts."""
+    """One pass over a legacy-format buffer; :meth:`run` returns the top object and verdicts.
+
+    Every pickle is interpreted in collect mode, so all five are walked and their verdicts
+    merged before the file is refused; a refusal wins over a malformed file.
+    """
 
     def __init__(self, data: memoryview, name: str, make_range: RangeMaker, options: ReadOptions, depth: int) -> None:
         self.data = data
@@ -45,24 +54,28 @@ class LegacyParse:
         self.module_sources: list[str] = []
         self.uses: dict = {}
         self.byteorder = "little"
+        self.pickles = 0
 
     def _pickle(self, pos: int, persistent_load: Any = None) -> tuple[Any, int]:
+        label = _PICKLE_NAMES[min(self.pickles, len(_PICKLE_NAMES) - 1)]
+        where = f"legacy {label} pickle" if self.depth == 0 else f"legacy {label} pickle of a nested payload"
+        self.pickles += 1
         interpreter = Interpreter(
             self.data,
             path=self.name,
             start=pos,
             persistent_load=persistent_load,
             load_nested=nested_loader(self.name, self.options, self.depth + 1),
-            policy=Policy(self.options.allow_calls, self.options.collect_only),
+            policy=Policy(self.options.allow_calls, collect_only=True),
             limits=self.options.limits,
+            where=where,
         )
-        result = interpreter.run()
-        for name, use in result.globals.items():
-            known = self.uses.get(name)
-            if known is None:
-                self.uses[name] = use
-            else:
-                known.escalate(use.verdict, use.reason)
+        try:
+            result = interpreter.run()
+        except CkptMigrateError as error:
+            merge_uses(self.uses, getattr(error, "globals", {}).values())
+            raise
+        merge_uses(self.uses, result.globals.values())
         return result.value, interpreter.pos
 
     def _persistent_load(self, pid: Any) -> Any:
@@ -86,17 +99,36 @@ class LegacyParse:
         root = self.storages[root_key]
         if view_metadata is None:
             return root
+        if not isinstance(view_metadata, tuple) or len(view_metadata) != 3:
+            raise CorruptFileError(f"storage view metadata {view_metadata!r:.80} is not (key, offset, size)", path=self.name)
         view_key, offset, view_size = view_metadata
-        view = StorageRef(str(view_key), dtype, int(view_size), root.location, ByteSource(self.name, 0, 0))
-        if offset < 0 or offset + view_size > root.numel:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, view_size)):
+            raise CorruptFileError(f"storage view {view_key} has a non-integer offset or size", path=self.name)
+        if offset < 0 or view_size < 0 or offset + view_size > root.numel:
             raise CorruptFileError(f"storage view {view_key} exceeds its root storage", path=self.name)
+        view = StorageRef(str(view_key), dtype, view_size, root.location, ByteSource(self.name, 0, 0))
         self.views.append((view, root, int(offset)))
         return view
 
     def run(self) -> tuple[Any, dict]:
+        """Interpret the five pickles and locate the storages.
+
+        Raises:
+            UnsafeFileError: a pickle names a refused global (unless the options only collect verdicts).
+            CorruptFileError: the layout or a pickle is malformed; carries the verdicts as ``globals``.
+        """
+        try:
+            root, meta = self._run()
+        except CkptMigrateError as error:
+            raise settle(error, self.uses, self.name) from None
+        if any(u.verdict == "refused" for u in self.uses.values()) and not self.options.collect_only:
+            raise refusal_error(self.uses, self.name)
+        return root, meta
+
+    def _run(self) -> tuple[Any, dict]:
         magic, pos = self._pickle(0)
-        if magic != MAGIC_NUMBER:
-            raise NotMyFormat()
+        if magic != MAGIC_NUMBER or isinstance(magic, bool):
+            raise CorruptFileError("the file starts like a torch legacy file but its first pickle is not torch's magic number", path=self.name)
         version, pos = self._pickle(pos)
         if version != PROTOCOL_VERSION:
             raise CorruptFileError(f"legacy protocol version {version!r}, expected {PROTOCOL_VERSION}", path=self.name)
@@ -134,27 +166,47 @@ class LegacyParse:
             base = root.source
             view.source = ByteSource(base.name, base.offset + offset * size, view.numel * size, base.opener, base.buffer)
             view.byteorder = root.byteorder
+        for located in [*self.storages.values(), *(view for view, _, _ in self.views)]:
+            for retyped in located.__dict__.get("_retyped", {}).values():
+                retyped.source, retyped.byteorder = located.source, located.byteorder
         missing = [k for k, s in self.storages.items() if s.source.length == 0 and s.numel > 0]
         if missing:
             raise CorruptFileError(f"storage {missing[0]} has no data in the file", path=self.name)
 
 
 def nested_loader(name: str, options: ReadOptions, depth: int) -> Callable[[bytes], Any]:
-    """A loader for ``torch.storage._load_from_bytes`` payloads, through the same interpreter and rules."""
+    """A loader for ``torch.storage._load_from_bytes`` payloads, through the same interpreter and rules.
 
-    def load(payload: bytes) -> Any:
+    torch opens such a payload with ``torch.load``, so it may be a legacy stream, a zip archive,
+    or (in a hostile file) a plain pickle; each goes through our interpreter and its verdicts
+    join the enclosing pickle's. The loader returns a :class:`NestedResult` and never raises for
+    a refusal: the enclosing pickle decides.
+    """
+
+    def load(payload: bytes) -> NestedResult:
         if depth > options.limits.max_nested_pickles:
             raise LimitExceededError(f"pickles nested more than {options.limits.max_nested_pickles} deep", path=name)
+        collect = ReadOptions(options.allow_calls, options.limits, collect_only=True)
+        if payload[:4] == b"PK\x03\x04":
+            from .torch_zip import read_nested_zip
+
+            raw = read_nested_zip(payload, name, collect, depth)
+            return NestedResult(raw.root, raw.globals)
         if not looks_legacy(payload[:32]):
-            raise CorruptFileError("nested _load_from_bytes payload is not a torch legacy stream", path=name)
-        view = memoryview(payload)
+            interpreter = Interpreter(payload, path=name, policy=Policy(options.allow_calls, collect_only=True), limits=options.limits,
+                                      load_nested=nested_loader(name, options, depth + 1), where="nested payload")
+            result = interpreter.run()
+            if result.refused:
+                return NestedResult(result.value, result.globals)
+            error = CorruptFileError("nested _load_from_bytes payload is not a torch legacy stream or zip archive", path=name)
+            raise settle(error, result.globals, name)
 
         def make_range(offset: int, length: int) -> ByteSource:
             return ByteSource(name, offset, length, buffer=payload)
 
-        parse = LegacyParse(view, name, make_range, options, depth)
+        parse = LegacyParse(memoryview(payload), name, make_range, collect, depth)
         root, _ = parse.run()
-        return root
+        return NestedResult(root, parse.uses)
 
     return load
 
@@ -191,7 +243,7 @@ class TorchTarReader(Reader):
             try:
                 with tarfile.open(fileobj=handle, mode="r:") as archive:
                     names = {m.name for m in archive.getmembers()}
-            except tarfile.TarError as error:
+            except (tarfile.TarError, OSError, ValueError, EOFError) as error:
                 raise CorruptFileError(f"unreadable tar archive: {error}", path=source.name) from None
         if {"storages", "tensors", "pickle"} <= names:
             raise UnsupportedFormatError(

@@ -6,40 +6,72 @@ each becomes a :class:`ByteSource` range inside the zip file (entries are stored
 
 from __future__ import annotations
 
+import io
 import struct
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..checkpoint import ByteSource, StorageRef
-from ..errors import CorruptFileError, NotMyFormat
+from ..errors import CorruptFileError, LimitExceededError, NotMyFormat
 from ..source import Source
 from ..unpickler import Interpreter, Policy
 from . import _storages
 from .base import RawRead, ReadOptions, Reader
 
 ZIP_MAGIC = b"PK\x03\x04"
+MAX_EXPANSION = 1000
+"""A compressed entry may not declare more than this many bytes per stored byte (plus 1 MiB)."""
 
 
 def _bad_name(name: str) -> bool:
-    return name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name.split("/")[0]
+    return name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name.split("/")[0] or "\0" in name
+
+
+class BufferSource:
+    """An in-memory archive (a zip payload nested in a pickle) with the parts of :class:`Source` archives use."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        self.data = data
+        self.name = name
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def byte_source(self, offset: int, length: int) -> ByteSource:
+        return ByteSource(self.name, offset, length, buffer=self.data)
 
 
 class TorchZipArchive:
-    """The entries of a torch zip file, located once, read on demand."""
+    """The entries of a torch zip file, located once, read on demand.
 
-    def __init__(self, source: Source) -> None:
+    Entry names that climb out of a folder, duplicate names (two readers could pick different
+    ones) and stored entries whose sizes disagree are refused as malformed; nothing is extracted.
+    """
+
+    def __init__(self, source: Source | BufferSource) -> None:
         self.source = source
         self.handle = source.open()
         try:
             self.zip = zipfile.ZipFile(self.handle)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error, KeyError, IndexError, NotImplementedError) as error:
             self.handle.close()
             raise CorruptFileError(f"not a readable zip archive ({error}); the file may be truncated", path=source.name) from None
         names = self.zip.namelist()
         climbing = [n for n in names if _bad_name(n)]
         if climbing:
             self.close()
-            raise CorruptFileError(f"zip entry name climbs out of the archive: {climbing[0]!r}", path=source.name)
+            raise CorruptFileError(f"zip entry name climbs out of the archive (zip slip), refused and never written: {climbing[0]!r}", path=source.name)
+        if len(set(names)) != len(names):
+            duplicate = next(n for n in names if names.count(n) > 1)
+            self.close()
+            raise CorruptFileError(f"zip entry {duplicate!r} appears more than once; readers could disagree on which to use", path=source.name)
+        lying = [i.filename for i in self.zip.infolist() if i.compress_type == zipfile.ZIP_STORED and i.compress_size != i.file_size]
+        if lying:
+            self.close()
+            raise CorruptFileError(f"zip entry {lying[0]!r} is stored uncompressed but its directory gives two different sizes", path=source.name)
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pickles and "data.pkl" in names:
             pickles = ["data.pkl"]
@@ -65,11 +97,20 @@ class TorchZipArchive:
         except KeyError:
             raise CorruptFileError(f"zip entry {name} is missing", path=self.source.name) from None
         if info.file_size > limit:
-            raise CorruptFileError(f"zip entry {name} declares {info.file_size} bytes, over the limit of {limit}", path=self.source.name)
+            raise LimitExceededError(f"zip entry {name} declares {info.file_size} bytes, over the limit of {limit}", path=self.source.name)
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_EXPANSION * info.compress_size + (1 << 20):
+            raise LimitExceededError(
+                f"zip entry {name} declares {info.file_size} bytes from {info.compress_size} compressed (a decompression bomb)",
+                path=self.source.name)
         try:
-            return self.zip.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+            data = self.zip.read(info)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError, struct.error, zipfile.LargeZipFile) as error:
             raise CorruptFileError(f"zip entry {name} cannot be read: {error}", path=self.source.name) from None
+        except Exception as error:  # noqa: BLE001 - decompressors raise their own types on hostile data
+            raise CorruptFileError(f"zip entry {name} cannot be read: {type(error).__name__}: {error}", path=self.source.name) from None
+        if len(data) != info.file_size:
+            raise CorruptFileError(f"zip entry {name} holds {len(data)} bytes but its directory says {info.file_size}", path=self.source.name)
+        return data
 
     def entry_range(self, name: str) -> ByteSource:
         """Where an uncompressed entry's bytes lie in the file (an in-memory copy when compressed).
@@ -88,6 +129,9 @@ class TorchZipArchive:
         header = self.handle.read(30)
         if len(header) != 30 or header[:4] != ZIP_MAGIC:
             raise CorruptFileError(f"zip entry {name} has no local header where the directory says", path=self.source.name)
+        (method,) = struct.unpack("<H", header[8:10])
+        if method != info.compress_type:
+            raise CorruptFileError(f"zip entry {name}: its local header says compression {method}, its directory {info.compress_type}", path=self.source.name)
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         local_name = self.handle.read(name_len)
         if local_name.decode("utf-8", "replace") != name and local_name.decode("cp437", "replace") != name:
@@ -117,7 +161,7 @@ class TorchZipReader(Reader):
         finally:
             archive.close()
 
-    def _read(self, archive: TorchZipArchive, options: ReadOptions) -> RawRead:
+    def _read(self, archive: TorchZipArchive, options: ReadOptions, depth: int = 0) -> RawRead:
         path = archive.source.name
         top = archive.top
         byteorder = "little"
@@ -149,9 +193,10 @@ class TorchZipReader(Reader):
             data,
             path=path,
             persistent_load=persistent_load,
-            load_nested=nested_loader(path, options, depth=1),
+            load_nested=nested_loader(path, options, depth=depth + 1),
             policy=Policy(options.allow_calls, options.collect_only),
             limits=options.limits,
+            where=f"{top}data.pkl" if depth == 0 else f"{top}data.pkl of a nested zip payload",
         )
         result = interpreter.run()
         fmt = "torchscript" if archive.is_torchscript else "torch-zip"
@@ -160,3 +205,20 @@ class TorchZipReader(Reader):
             version = archive.read_entry(f"{top}.data/version", 64).decode("ascii", "replace").strip()
         meta = {"archive_root": top.rstrip("/"), "byteorder": byteorder, "zip_version": version, "storages": len(storages)}
         return RawRead(result.value, fmt, result.globals, meta)
+
+
+def read_nested_zip(payload: bytes, name: str, options: ReadOptions, depth: int) -> RawRead:
+    """Read a torch zip archive held in memory (a ``_load_from_bytes`` payload) through the same rules.
+
+    Raises:
+        UnsafeFileError: its pickle names a refused global (unless the options only collect verdicts).
+        CorruptFileError: the archive or its pickle is malformed.
+    """
+    try:
+        archive = TorchZipArchive(BufferSource(payload, name))
+    except NotMyFormat:
+        raise CorruptFileError("nested zip payload holds no torch data.pkl", path=name) from None
+    try:
+        return TorchZipReader()._read(archive, options, depth)
+    finally:
+        archive.close()

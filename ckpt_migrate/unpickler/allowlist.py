@@ -20,22 +20,48 @@ import datetime
 import decimal
 import fractions
 import pathlib
-from typing import Any, Callable
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 from .. import dtypes as _dtypes
 from ..checkpoint import ByteSource, StorageRef, TensorRef
-from ..errors import CorruptFileError
+from ..errors import CkptMigrateError, CorruptFileError, LimitExceededError
+from .limits import DEFAULT_LIMITS, Limits
 from .stubs import AllowedCall, Device, GlobalRef, PickledOrderedDict, RefusedCall, StubObject, TorchMarker
 
 Handler = Callable[["CallContext", tuple], Any]
 
 
 class CallContext:
-    """What a handler may use: the file name for errors and a way to open nested pickles."""
+    """What a handler may use: the file name for errors, the limits, and a way to open nested pickles.
 
-    def __init__(self, path: str, load_nested: Callable[[bytes], Any] | None = None) -> None:
+    ``merge`` records the verdicts of a nested pickle in the enclosing one; ``hashing`` charges
+    the hashing of keys a handler is about to insert into a dict or set.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        load_nested: Callable[[bytes], Any] | None = None,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        merge: Callable[[Iterable[Any]], None] | None = None,
+        hashing: Callable[[Any], None] | None = None,
+    ) -> None:
         self.path = path
         self.load_nested = load_nested
+        self.limits = limits
+        self.merge = merge
+        self.hashing = hashing
+
+
+@dataclass
+class NestedResult:
+    """What a nested loader found: the payload's top object and its globals' verdicts (by name)."""
+
+    value: Any
+    globals: dict[str, Any] = field(default_factory=dict)
 
 
 def _arg(args: tuple, index: int, default: Any = None) -> Any:
@@ -54,14 +80,33 @@ def _int_tuple(ctx: CallContext, value: Any, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _check_geometry(ctx: CallContext, shape: tuple[int, ...], strides: tuple[int, ...], offset: int) -> None:
+    """Refuse sizes, strides and offsets no real tensor has, before any arithmetic trusts them."""
+    limit = ctx.limits.max_tensor_elements
+    if len(shape) > 64:
+        raise CorruptFileError(f"tensor declares {len(shape)} dimensions", path=ctx.path)
+    for value in (*shape, *strides, offset):
+        if not 0 <= value <= _INT64_MAX:
+            raise CorruptFileError(f"tensor size, stride or offset {value} is outside 0..2**63-1", path=ctx.path)
+    count = 1
+    for size in shape:
+        count *= size
+    if count > limit or any(size > limit for size in shape):
+        raise LimitExceededError(f"tensor of shape {list(shape)} declares more than {limit} elements", path=ctx.path)
+
+
 def _make_tensor(ctx: CallContext, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False, dtype: _dtypes.DType | None = None) -> TensorRef:
     storage = _expect_storage(ctx, storage)
-    if not isinstance(offset, int):
+    if not isinstance(offset, int) or isinstance(offset, bool):
         raise CorruptFileError("tensor storage offset is not an integer", path=ctx.path)
     shape = _int_tuple(ctx, size, "size")
     strides = _int_tuple(ctx, stride, "stride") if stride is not None else _contiguous_strides(shape)
+    _check_geometry(ctx, shape, strides, offset)
     element_type = dtype or storage.dtype
-    if element_type.itemsize != storage.dtype.itemsize:
+    if element_type.name != storage.dtype.name:
         storage = _retyped_storage(ctx, storage, element_type)
     return TensorRef(storage, element_type, shape, strides, offset, bool(requires_grad))
 
@@ -149,15 +194,37 @@ def _rebuild_device_tensor_from_numpy(ctx: CallContext, args: tuple) -> TensorRe
 
 
 def _load_from_bytes(ctx: CallContext, args: tuple) -> Any:
-    if ctx.load_nested is None or not isinstance(args[0], (bytes, bytearray)):
+    if ctx.load_nested is None or not args or not isinstance(args[0], (bytes, bytearray)):
         raise CorruptFileError("torch.storage._load_from_bytes without a byte payload", path=ctx.path)
-    return ctx.load_nested(bytes(args[0]))
+    try:
+        found = ctx.load_nested(bytes(args[0]))
+    except CkptMigrateError as error:
+        if ctx.merge is not None:
+            ctx.merge(getattr(error, "globals", {}).values())
+        raise
+    if isinstance(found, NestedResult):
+        if ctx.merge is not None:
+            ctx.merge(found.globals.values())
+        return found.value
+    return found
+
+
+_CONCRETE = (list, tuple, set, frozenset, dict, str, bytes, bytearray, collections.deque)
+
+
+def _items(ctx: CallContext, value: Any, what: str) -> Any:
+    """``value`` when it is a container the pickle built (its size is already paid for), else an error."""
+    if value is None:
+        return ()
+    if not isinstance(value, _CONCRETE):
+        raise CorruptFileError(f"{what} of {type(value).__name__}, not a list, tuple, set, dict or string", path=ctx.path)
+    return value
 
 
 def _ordered_dict(ctx: CallContext, args: tuple) -> PickledOrderedDict:
     result = PickledOrderedDict()
     if args and args[0] is not None:
-        result.update(args[0])
+        result.update(_items(ctx, args[0], "OrderedDict"))
     return result
 
 
@@ -176,11 +243,68 @@ def _defaultdict(ctx: CallContext, args: tuple) -> collections.defaultdict:
 
 
 def _set(ctx: CallContext, args: tuple) -> Any:
-    return _to_set(list(args[0]) if args else [], frozen=False)
+    return _to_set(list(_items(ctx, args[0], "set")) if args else [], frozen=False)
 
 
 def _frozenset(ctx: CallContext, args: tuple) -> Any:
-    return _to_set(list(args[0]) if args else [], frozen=True)
+    return _to_set(list(_items(ctx, args[0], "frozenset")) if args else [], frozen=True)
+
+
+def _from_items(kind: type, what: str) -> Handler:
+    def handler(ctx: CallContext, args: tuple) -> Any:
+        try:
+            return kind(_items(ctx, args[0], what)) if args else kind()
+        except (TypeError, ValueError) as error:
+            raise CorruptFileError(f"{what}(...): {error}", path=ctx.path) from None
+
+    return handler
+
+
+def _deque(ctx: CallContext, args: tuple) -> collections.deque:
+    maxlen = _arg(args, 1)
+    if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 0):
+        raise CorruptFileError(f"deque maxlen {maxlen!r:.40}", path=ctx.path)
+    return collections.deque(_items(ctx, _arg(args, 0), "deque"), maxlen)
+
+
+def _byte_string(kind: type) -> Handler:
+    """``bytes``/``bytearray`` as pickles use them: from text and an encoding, from bytes, or from a short list."""
+
+    def handler(ctx: CallContext, args: tuple) -> Any:
+        if not args:
+            return kind()
+        source = args[0]
+        if isinstance(source, str):
+            return kind(_codecs_encode(ctx, (source, _arg(args, 1, "utf-8"))))
+        if isinstance(source, (bytes, bytearray)):
+            return kind(source)
+        if isinstance(source, int) and not isinstance(source, bool):
+            if not 0 <= source <= ctx.limits.max_alloc_bytes:
+                raise LimitExceededError(f"{kind.__name__}({source}) would allocate more than {ctx.limits.max_alloc_bytes} bytes", path=ctx.path)
+            return kind(source)
+        if isinstance(source, (list, tuple)) and all(isinstance(v, int) and 0 <= v < 256 for v in source):
+            return kind(source)
+        raise CorruptFileError(f"{kind.__name__} of {type(source).__name__}", path=ctx.path)
+
+    return handler
+
+
+_DECIMAL_TEXT = re.compile(r"-?(\d{1,400}(\.\d{0,400})?|\.\d{1,400})([eE][-+]?\d{1,4})?|-?(Infinity|inf|NaN|sNaN)")
+_FRACTION_TEXT = re.compile(r"-?\d{1,400}(/\d{1,400})?")
+
+
+def _decimal(ctx: CallContext, args: tuple) -> decimal.Decimal:
+    text = _arg(args, 0, "0")
+    if not isinstance(text, str) or not _DECIMAL_TEXT.fullmatch(text):
+        raise CorruptFileError(f"decimal.Decimal of {text!r:.60}", path=ctx.path)
+    return decimal.Decimal(text)
+
+
+def _fraction(ctx: CallContext, args: tuple) -> fractions.Fraction:
+    text = _arg(args, 0, "0")
+    if not isinstance(text, str) or not _FRACTION_TEXT.fullmatch(text):
+        raise CorruptFileError(f"fractions.Fraction of {text!r:.60}", path=ctx.path)
+    return fractions.Fraction(text)
 
 
 def _to_set(items: list, frozen: bool) -> Any:
@@ -282,11 +406,22 @@ def _reconstructor(ctx: CallContext, args: tuple) -> Any:
 
 
 def _newobj(ctx: CallContext, args: tuple) -> Any:
-    cls = args[0]
+    cls = _arg(args, 0)
     if not isinstance(cls, GlobalRef):
         raise CorruptFileError("copyreg.__newobj__ without a class", path=ctx.path)
     factory = CLASSES.get(cls.dotted)
     return factory(ctx, tuple(args[1:])) if factory else StubObject(cls, args=tuple(args[1:]))
+
+
+def _newobj_ex(ctx: CallContext, args: tuple) -> Any:
+    cls, cls_args, kwargs = _arg(args, 0), _arg(args, 1, ()), _arg(args, 2, {})
+    if not isinstance(cls, GlobalRef):
+        raise CorruptFileError("copyreg.__newobj_ex__ without a class", path=ctx.path)
+    cls_args = tuple(cls_args) if isinstance(cls_args, (tuple, list)) else ()
+    factory = CLASSES.get(cls.dotted)
+    if factory:
+        return factory(ctx, cls_args)
+    return StubObject(cls, args=cls_args, kwargs=dict(kwargs) if isinstance(kwargs, dict) else {})
 
 
 def _torch_device(ctx: CallContext, args: tuple) -> Device:
@@ -352,7 +487,7 @@ CALLABLES: dict[str, Handler] = {
     "torch.nn.parameter.Parameter": _rebuild_parameter,
     "torch.storage._load_from_bytes": _load_from_bytes,
     "torch.nn.backends.thnn._get_thnn_function_backend": _none,
-    "torch.Size": lambda ctx, args: tuple(args[0]) if args else (),
+    "torch.Size": _from_items(tuple, "torch.Size"),
     "torch.device": _torch_device,
     "torch.serialization._get_layout": lambda ctx, args: TorchMarker(str(_arg(args, 0))),
     "torch.jit._pickle.restore_type_tag": _identity,
@@ -362,24 +497,25 @@ CALLABLES: dict[str, Handler] = {
     "torch.jit._pickle.build_tensorlist": _identity,
     "collections.OrderedDict": _ordered_dict,
     "collections.defaultdict": _defaultdict,
-    "collections.Counter": _safe(lambda *a: collections.Counter(*a[:1])),
-    "collections.deque": _safe(lambda *a: collections.deque(*a[:2])),
+    "collections.Counter": _from_items(collections.Counter, "Counter"),
+    "collections.deque": _deque,
     "builtins.set": _set,
     "builtins.frozenset": _frozenset,
     "builtins.slice": _safe(slice),
     "builtins.complex": _safe(complex),
     "builtins.range": _safe(range),
-    "builtins.bytearray": _safe(bytearray),
-    "builtins.bytes": _safe(bytes),
-    "builtins.list": _safe(lambda *a: list(*a[:1])),
-    "builtins.tuple": _safe(lambda *a: tuple(*a[:1])),
-    "builtins.dict": _safe(lambda *a: dict(*a[:1])),
+    "builtins.bytearray": _byte_string(bytearray),
+    "builtins.bytes": _byte_string(bytes),
+    "builtins.list": _from_items(list, "list"),
+    "builtins.tuple": _from_items(tuple, "tuple"),
+    "builtins.dict": _from_items(dict, "dict"),
     "builtins.int": _safe(int),
     "builtins.float": _safe(float),
     "builtins.bool": _safe(bool),
     "builtins.str": _safe(lambda *a: str(*a[:1]) if a and isinstance(a[0], str) else ""),
     "copyreg._reconstructor": _reconstructor,
     "copyreg.__newobj__": _newobj,
+    "copyreg.__newobj_ex__": _newobj_ex,
     "_codecs.encode": _codecs_encode,
     "argparse.Namespace": _namespace,
     "datetime.datetime": _safe(datetime.datetime),
@@ -387,8 +523,8 @@ CALLABLES: dict[str, Handler] = {
     "datetime.time": _safe(datetime.time),
     "datetime.timedelta": _safe(datetime.timedelta),
     "datetime.timezone": _safe(datetime.timezone),
-    "decimal.Decimal": _safe(lambda *a: decimal.Decimal(a[0]) if a and isinstance(a[0], str) else decimal.Decimal(0)),
-    "fractions.Fraction": _safe(lambda *a: fractions.Fraction(a[0]) if a and isinstance(a[0], str) else fractions.Fraction(0)),
+    "decimal.Decimal": _decimal,
+    "fractions.Fraction": _fraction,
     "pathlib.PosixPath": _pure_path(pathlib.PurePosixPath),
     "pathlib.PurePosixPath": _pure_path(pathlib.PurePosixPath),
     "pathlib.WindowsPath": _pure_path(pathlib.PureWindowsPath),
@@ -452,38 +588,103 @@ _GADGET_MODULES = {
     "imp", "builtin", "trace", "tracemalloc", "faulthandler", "atexit", "readline", "rlcompleter", "xmlrpc",
     "logging", "unittest", "doctest", "idlelib", "tkinter", "turtle", "mmap", "fcntl", "resource", "select",
     "selectors", "ssl", "shelve", "dbm", "copy", "weakref", "contextlib", "abc", "pkgutil", "modulefinder",
+    "codecs", "antigravity", "this", "_winapi", "msvcrt", "winreg", "_osx_support", "_aix_support", "compileall",
+    "py_compile", "zipapp", "_bootlocale", "_imp", "_frozen_importlib", "_frozen_importlib_external", "_sitebuiltins",
+    "spawn", "pexpect", "sh", "plumbum", "fabric", "paramiko", "numexpr", "sympy", "pandas.io", "IPython",
+}
+_GADGET_INNER = {
+    "os", "posix", "nt", "sys", "subprocess", "builtins", "runpy", "importlib", "pickle", "cPickle",
+    "marshal", "ctypes", "_ctypes", "shutil", "socket", "pty", "multiprocessing", "_posixsubprocess", "dill",
+    "cloudpickle", "joblib", "commands", "_imp", "_frozen_importlib", "_frozen_importlib_external",
+}
+_GADGET_FUNCTIONS = {
+    "system", "popen", "popen2", "popen3", "popen4", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve",
+    "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "execl", "execle", "execlp", "execlpe", "execv", "execve",
+    "execvp", "execvpe", "eval", "exec", "execfile", "compile", "__import__", "import_module", "getattr", "setattr",
+    "delattr", "attrgetter", "methodcaller", "loads", "load_module", "exec_module", "run_path", "run_module",
+    "check_output", "check_call", "Popen", "getoutput", "getstatusoutput", "rmtree", "breakpoint", "set_trace",
+    "fork", "forkpty", "kill", "killpg", "load_inline", "load_library", "runstring", "_forward_from_src",
 }
 _GADGET_NAMES = {
     "torch.load", "torch.hub", "torch.jit", "torch.serialization", "torch._C", "torch.utils.cpp_extension",
     "torch._dynamo", "torch._inductor", "torch.fx", "torch.package", "torch.ops", "torch.library",
     "torch.storage", "torch.distributed", "torch.multiprocessing", "torch.utils.data", "torch._ops",
     "torch.compile", "torch.export", "torch.utils.collect_env", "torch.testing", "torch.backends",
+    "torch.utils.benchmark", "torch.utils.checkpoint", "torch.utils.bottleneck", "torch.func", "torch.vmap",
+    "torch._classes", "torch.classes", "torch._higher_order_ops", "torch._export", "torch._functorch",
+    "torch.cuda.memory", "torch.utils._config_module", "torch._jit_internal", "torch._sources", "torch.onnx",
     "numpy.load", "numpy.loads", "numpy.lib", "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.ctypeslib",
     "numpy.fromfile", "numpy.memmap", "numpy.save", "numpy.savez", "numpy.savetxt", "numpy.loadtxt", "numpy.genfromtxt",
-    "numpy.core._internal", "numpy._core._internal", "numpy.core.numeric.load", "numpy.f2py",
+    "numpy.core._internal", "numpy._core._internal", "numpy.core.numeric.load", "numpy.compat", "numpy.core.records",
+    "numpy._core.records", "numpy.rec", "numpy.core.memmap", "numpy._core.memmap", "numpy.core.multiarray.fromfile",
+    "numpy._core.multiarray.fromfile", "numpy.core._methods", "numpy._core._methods", "numpy._pytesttester",
     "torch._utils._rebuild_sparse_tensor",
 }
 _SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "range", "bytearray", "bytes", "list", "tuple", "dict",
                   "int", "float", "bool", "str", "object"}
-_SAFE_IN_GADGET_PREFIX = {"torch.storage._load_from_bytes", "torch.serialization._get_layout",
+_SAFE_IN_GADGET_PREFIX = {"torch.storage._load_from_bytes", "torch.storage.UntypedStorage", "torch.storage.TypedStorage", "torch.serialization._get_layout",
                           "torch.jit._pickle.restore_type_tag", "torch.jit._pickle.build_intlist",
                           "torch.jit._pickle.build_doublelist", "torch.jit._pickle.build_boollist",
                           "torch.jit._pickle.build_tensorlist", "copyreg._reconstructor", "copyreg.__newobj__"}
+_DCP_METADATA = {  # torch.distributed.checkpoint .metadata records: inert stubs, never imported
+    f"torch.distributed.checkpoint.metadata.{n}" for n in
+    ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+     "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+} | {"torch.distributed.checkpoint.filesystem._StorageInfo",
+     "torch.distributed._shard.sharded_tensor.metadata.TensorProperties",
+     "torch.distributed._shard.sharded_tensor.metadata.MEM_FORMAT_ENCODING"}
+_SAFE_IN_GADGET_PREFIX |= _DCP_METADATA
+for _enum in ("torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING", "torch.distributed._shard.sharded_tensor.metadata.MEM_FORMAT_ENCODING"):
+    CALLABLES[_enum] = _identity
+
+
+_NEVER = "a known code-execution gadget, never allowed (not even with --allow-call)"
 
 
 def gadget_reason(dotted: str) -> str | None:
-    """Why ``dotted`` is a known code-execution gadget that can never be allowed, or ``None``."""
+    """Why ``dotted`` is a known code-execution gadget that can never be allowed, or ``None``.
+
+    Checks every part of a dotted name, so re-exports (``torch.os.system``) and attribute chains
+    (``os.path.join.__globals__``) are caught as well as direct names.
+    """
     if dotted in _SAFE_IN_GADGET_PREFIX:
         return None
-    module, _, name = dotted.rpartition(".")
     parts = dotted.split(".")
-    if any(p.startswith("__") and p.endswith("__") and p not in ("__main__", "__builtin__", "__torch__", "__newobj__") for p in parts[1:]):
+    name = parts[-1]
+    if any(p.startswith("__") and p.endswith("__") and p not in ("__main__", "__builtin__", "__torch__", "__newobj__", "__newobj_ex__") for p in parts[1:]):
         return "reaches into interpreter internals through a dunder attribute"
     if parts[0] == "builtins":
         return None if name in _SAFE_BUILTINS and len(parts) == 2 else "builtins can evaluate code, open files or import modules"
-    if parts[0] in _GADGET_MODULES:
-        return f"module {parts[0]} can run commands, code or file operations"
+    for module in (parts[0], ".".join(parts[:2])):
+        if module in _GADGET_MODULES:
+            return f"module {module} can run commands, code or file operations"
     for prefix in _GADGET_NAMES:
         if dotted == prefix or dotted.startswith(prefix + "."):
             return f"{prefix} can load or execute code"
+    inner = next((p for p in parts[1:-1] if p in _GADGET_INNER), None)
+    if inner is not None:
+        return f"reaches module {inner} through an attribute of {parts[0]}"
+    if name in _GADGET_FUNCTIONS and dotted not in CALLABLES:
+        return f"{name} runs commands, code or loaders wherever it is re-exported"
     return None
+
+
+def classify(dotted: str, allow_calls: frozenset[str] | set[str] = frozenset()) -> tuple[str, str]:
+    """The verdict on a mention of ``dotted`` before any call: ``(verdict, reason)``.
+
+    ``refused`` for gadgets (with why, and that ``--allow-call`` cannot accept them), ``allowed``
+    for allowlisted names, ``stub`` for everything else (an inert stand-in; calling it is refused).
+    """
+    gadget = gadget_reason(dotted)
+    if gadget:
+        reason = f"{gadget}; {_NEVER}"
+        if dotted in allow_calls:
+            reason += "; --allow-call was given for it and was ignored"
+        return "refused", reason
+    if dotted in CALLABLES or dotted in VALUES or dotted in CLASSES or storage_dtype(dotted):
+        return "allowed", ""
+    return "stub", ""
+
+
+HASHING = {"builtins.set", "builtins.frozenset", "builtins.dict", "collections.OrderedDict", "collections.Counter"}
+"""Allowlisted constructors that hash their first argument's items (the interpreter charges the work)."""

@@ -4,24 +4,32 @@ It reads opcodes from bytes, builds plain Python data, lazy tensor references an
 and decides what every ``GLOBAL`` may do through :mod:`.allowlist`. It never calls
 ``pickle.load``, never imports a module a file names, and never calls a name the allowlist does
 not map to one of our own constructors.
+
+A refusal does not stop the walk: every global of the pickle gets its verdict, so ``scan``,
+``inspect`` and ``convert`` name the same globals. When a pickle is both refused and malformed,
+the refusal wins; either error carries the verdicts collected so far as ``error.globals``.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
+import argparse
+import collections
 import struct
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..checkpoint import GlobalVerdict, TensorRef
-from ..errors import CorruptFileError, LimitExceededError, UnsafeFileError
+from ..errors import CkptMigrateError, CorruptFileError, LimitExceededError, UnsafeFileError
 from . import allowlist
 from .limits import DEFAULT_LIMITS, Limits
 from .stubs import AllowedCall, GlobalRef, PickledOrderedDict, RefusedCall, StubObject
 
 PersistentLoad = Callable[[Any], Any]
 
-_MARK = object()
+_HASH_MODULUS = sys.hash_info.modulus
+_RANK = {"allowed": 0, "stub": 1, "refused": 2}
 
 
 @dataclass
@@ -34,16 +42,21 @@ class Policy:
 
 @dataclass
 class GlobalUse:
-    """Every use of one global in one pickle; the verdict is the worst use."""
+    """Every use of one global in one file; the verdict is the worst use.
+
+    ``offset`` is the byte of the first opcode that named it; ``where`` says which pickle
+    (``archive/data.pkl``, ``nested pickle at byte 120``) when the file holds several.
+    """
 
     name: str
     offset: int
     verdict: str = "stub"
     reason: str = ""
+    where: str = ""
 
     def escalate(self, verdict: str, reason: str) -> None:
-        rank = {"allowed": 0, "stub": 1, "refused": 2}
-        if rank[verdict] > rank[self.verdict] or (verdict == self.verdict and not self.reason):
+        """Keep the worse of the current verdict and ``verdict`` (allowed < stub < refused)."""
+        if _RANK[verdict] > _RANK[self.verdict] or (verdict == self.verdict and not self.reason):
             self.verdict, self.reason = verdict, reason
 
 
@@ -62,11 +75,52 @@ class Result:
         return [GlobalVerdict(u.name, u.verdict, u.reason, u.offset) for u in self.globals.values()]
 
 
+def merge_uses(into: dict[str, GlobalUse], uses: Iterable[GlobalUse], where: str | None = None) -> None:
+    """Add ``uses`` to ``into``, keeping the first offset of each name and the worst verdict."""
+    for use in uses:
+        known = into.get(use.name)
+        if known is None:
+            into[use.name] = GlobalUse(use.name, use.offset, use.verdict, use.reason, where if where is not None else use.where)
+        else:
+            known.escalate(use.verdict, use.reason)
+
+
+def refusal_error(uses: dict[str, GlobalUse], path: str | None, cause: CkptMigrateError | None = None) -> UnsafeFileError:
+    """The :class:`UnsafeFileError` for the refused globals in ``uses``, carrying all of them as ``globals``."""
+    refused = [u for u in uses.values() if u.verdict == "refused"]
+    details = "; ".join(f"{u.name} at byte {u.offset}{f' in {u.where}' if u.where else ''} ({u.reason})" for u in refused)
+    message = f"refused: {details}"
+    if cause is not None:
+        message += f"; the file is also malformed: {cause.message}"
+    error = UnsafeFileError(message, path=path, refused=[u.name for u in refused])
+    error.globals = dict(uses)
+    return error
+
+
+def settle(error: CkptMigrateError, uses: dict[str, GlobalUse], path: str | None) -> CkptMigrateError:
+    """The error to raise when reading stopped on ``error``: a refusal wins over a malformed file.
+
+    The returned error carries every verdict collected so far as ``globals``.
+    """
+    if isinstance(error, UnsafeFileError):
+        collected = dict(uses)
+        merge_uses(collected, getattr(error, "globals", {}).values())
+        error.globals = collected
+        return error
+    if any(u.verdict == "refused" for u in uses.values()):
+        return refusal_error(uses, path or error.path, error)
+    collected = dict(uses)
+    merge_uses(collected, getattr(error, "globals", {}).values())
+    error.globals = collected
+    return error
+
+
 class Interpreter:
     """Run one pickle from ``data`` starting at ``start``; :meth:`run` returns a :class:`Result`.
 
     ``persistent_load`` turns persistent ids into values (torch storages); ``load_nested`` opens
-    ``torch.storage._load_from_bytes`` payloads through the same rules.
+    ``torch.storage._load_from_bytes`` payloads through the same rules and returns a
+    :class:`~.allowlist.NestedResult` whose verdicts join this pickle's.
     """
 
     def __init__(
@@ -79,19 +133,24 @@ class Interpreter:
         load_nested: Callable[[bytes], Any] | None = None,
         policy: Policy | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        where: str = "",
     ) -> None:
         self.data = memoryview(data)
+        self.start = start
         self.pos = start
         self.path = path
+        self.where = where
         self.persistent_load = persistent_load
         self.policy = policy or Policy()
         self.limits = limits
-        self.ctx = allowlist.CallContext(path, load_nested)
+        self.ctx = allowlist.CallContext(path, load_nested, limits=limits, merge=self.merge_nested, hashing=self.hash_items)
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self.builder_slots: dict[int, list[int]] = {}
         self.uses: dict[str, GlobalUse] = {}
+        self.shapes: dict[int, tuple[int, int, bool]] = {}
+        self.colliding = 0
         self.ops = 0
         self.op_offset = start
         self.proto = 0
@@ -100,34 +159,55 @@ class Interpreter:
         """Interpret until ``STOP``.
 
         Raises:
-            UnsafeFileError: a refused call was found (unless the policy only collects verdicts).
+            UnsafeFileError: a refused global was found (unless the policy only collects verdicts),
+                or the pickle is both refused and malformed.
             CorruptFileError: the bytes are not a well-formed pickle.
             LimitExceededError: a resource limit was reached.
         """
         try:
             value = self._loop()
-        except UnsafeFileError:
-            raise
-        except CorruptFileError:
-            if self._refused_names() and not self.policy.collect_only:
-                self._raise_refused()
-            raise
-        except (IndexError, KeyError, TypeError, ValueError, AttributeError, struct.error, RecursionError, OverflowError, MemoryError) as error:
-            if self._refused_names() and not self.policy.collect_only:
-                self._raise_refused()
-            raise CorruptFileError(f"malformed pickle at byte {self.op_offset}: {type(error).__name__}: {error}", path=self.path) from None
+            check_nesting(value, self.limits.max_depth, self.path)
+        except CkptMigrateError as error:
+            self._walk_rest()
+            raise settle(error.with_path(self.path), self.uses, self.path) from None
+        except Exception as error:  # noqa: BLE001 - any failure on hostile bytes is a malformed file, never a crash
+            corrupt = CorruptFileError(f"malformed pickle at byte {self.op_offset}: {type(error).__name__}: {error}"[:500], path=self.path)
+            self._walk_rest()
+            raise settle(corrupt, self.uses, self.path) from None
         result = Result(value, self.uses)
         if result.refused and not self.policy.collect_only:
-            self._raise_refused()
+            raise refusal_error(self.uses, self.path)
         return result
 
-    def _refused_names(self) -> list[str]:
-        return [u.name for u in self.uses.values() if u.verdict == "refused"]
+    def _walk_rest(self) -> None:
+        """After a failure, add the globals a static walk finds past the failing opcode.
 
-    def _raise_refused(self) -> None:
-        refused = [u for u in self.uses.values() if u.verdict == "refused"]
-        details = "; ".join(f"{u.name} ({u.reason})" for u in refused)
-        raise UnsafeFileError(f"refused: the pickle calls {details}", path=self.path, refused=[u.name for u in refused])
+        A pickle that stops on a malformed value may still name ``os.system`` further on; the
+        verdict must not depend on which byte broke first.
+        """
+        from .static import walk
+
+        try:
+            walked = walk(self.data, self.start, max_opcodes=self.limits.max_opcodes)
+        except Exception:  # noqa: BLE001 - the walk only adds detail to an error already being raised
+            return
+        for ref in walked.globals:
+            if ref.offset <= self.op_offset:
+                continue
+            dotted = ".".join(resolve_name(ref.module, ref.name, walked.protocol))
+            if dotted in self.uses:
+                continue
+            verdict, reason = allowlist.classify(dotted, self.policy.allow_calls)
+            if ref.called and verdict == "stub" and dotted not in self.policy.allow_calls:
+                verdict = "refused"
+                reason = f"{ref.opcode} calls a name outside the allowlist; --allow-call {dotted} would accept it as an inert record (never executed)"
+            where = f"{self.where or 'pickle'} (found past the malformed byte {self.op_offset})"
+            self.uses[dotted] = GlobalUse(dotted, ref.offset, verdict, reason, where)
+
+    def merge_nested(self, uses: Iterable[GlobalUse]) -> None:
+        """Record the verdicts of a nested pickle opened at the current opcode."""
+        where = f"nested pickle at byte {self.op_offset}" + (f" of {self.where}" if self.where else "")
+        merge_uses(self.uses, uses, where)
 
     def _read(self, size: int) -> memoryview:
         if size < 0 or self.pos + size > len(self.data):
@@ -160,6 +240,8 @@ class Interpreter:
         return items
 
     def _memo_put(self, index: int, value: Any) -> None:
+        if index < 0:
+            raise CorruptFileError(f"negative memo index {index}", path=self.path)
         if index not in self.memo and len(self.memo) >= self.limits.max_memo:
             raise LimitExceededError(f"pickle memo exceeds {self.limits.max_memo} entries", path=self.path)
         self.memo[index] = value
@@ -174,60 +256,58 @@ class Interpreter:
     def _use(self, ref: GlobalRef) -> GlobalUse:
         use = self.uses.get(ref.dotted)
         if use is None:
-            use = GlobalUse(ref.dotted, self.op_offset)
-            gadget = allowlist.gadget_reason(ref.dotted)
-            if gadget:
-                use.escalate("refused", gadget)
-            elif ref.dotted in allowlist.CALLABLES or ref.dotted in allowlist.VALUES or ref.dotted in allowlist.CLASSES or allowlist.storage_dtype(ref.dotted):
-                use.verdict = "allowed"
+            use = GlobalUse(ref.dotted, self.op_offset, where=self.where)
+            verdict, reason = allowlist.classify(ref.dotted, self.policy.allow_calls)
+            use.verdict, use.reason = verdict, reason
             self.uses[ref.dotted] = use
         return use
 
+    def _refuse(self, name: str, reason: str) -> RefusedCall:
+        """Record a refused operation that names no global (``BUILD`` on a dict, an ``EXT`` code)."""
+        use = self.uses.get(name)
+        if use is None:
+            self.uses[name] = use = GlobalUse(name, self.op_offset, "refused", reason, self.where)
+        use.escalate("refused", reason)
+        return RefusedCall(GlobalRef("<pickle>", name), reason)
+
     def _global(self, module: str, name: str) -> Any:
-        if self.proto < 3:
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                module = _compat_pickle.IMPORT_MAPPING[module]
-        module = {"__builtin__": "builtins", "copy_reg": "copyreg", "exceptions": "builtins"}.get(module, module)
-        if "." in name:
-            module, name = f"{module}.{name}".rsplit(".", 1)
-        ref = GlobalRef(module, name)
+        ref = GlobalRef(*resolve_name(module, name, self.proto))
         self._use(ref)
         value = allowlist.VALUES.get(ref.dotted)
         return value if value is not None else ref
 
     def _call(self, func: Any, args: tuple, how: str) -> Any:
+        if isinstance(func, RefusedCall):
+            return func
         if not isinstance(func, GlobalRef):
-            if isinstance(func, RefusedCall):
-                return func
-            raise UnsafeFileError(f"refused: the pickle calls a {type(func).__name__} object through {how}", path=self.path, refused=[type(func).__name__])
+            return self._refuse(f"{how} of {_describe(func)}", "calls an object that is not a named global; only allowlisted constructors may be called")
         use = self._use(func)
         if use.verdict == "refused":
             return RefusedCall(func, use.reason)
         handler = allowlist.CALLABLES.get(func.dotted)
         if handler is not None:
-            use.escalate("allowed", "")
             if any(isinstance(a, RefusedCall) for a in args):
                 return RefusedCall(func, "argument refused")
-            return handler(self.ctx, tuple(args))
+            if func.dotted in allowlist.HASHING:
+                self.hash_items(args[0] if args else ())
+            return self._track(handler(self.ctx, tuple(args)))
         if func.dotted in self.policy.allow_calls:
-            use.escalate("allowed", "accepted with --allow-call as an inert record")
+            use.verdict, use.reason = "allowed", f"{how} accepted with --allow-call as an inert record (never executed)"
             return AllowedCall(func, tuple(args))
-        use.escalate("refused", f"{how} of a name outside the allowlist; --allow-call {func.dotted} would accept it as an inert record")
+        use.escalate("refused", f"{how} calls a name outside the allowlist; --allow-call {func.dotted} would accept it as an inert record (never executed)")
         return RefusedCall(func, use.reason)
 
     def _instantiate(self, cls: Any, args: tuple, kwargs: dict | None, how: str) -> Any:
+        if isinstance(cls, RefusedCall):
+            return cls
         if not isinstance(cls, GlobalRef):
-            if isinstance(cls, RefusedCall):
-                return cls
-            raise CorruptFileError(f"{how} on a {type(cls).__name__}, not a class (byte {self.op_offset})", path=self.path)
+            raise CorruptFileError(f"{how} on {_describe(cls)}, not a class (byte {self.op_offset})", path=self.path)
         use = self._use(cls)
         if use.verdict == "refused":
             return RefusedCall(cls, use.reason)
         factory = allowlist.CLASSES.get(cls.dotted)
         if factory is not None:
-            return factory(self.ctx, args)
+            return self._track(factory(self.ctx, args))
         return StubObject(cls, args=tuple(args), kwargs=dict(kwargs or {}))
 
     def _build(self, obj: Any, state: Any) -> Any:
@@ -248,17 +328,87 @@ class Interpreter:
         if isinstance(obj, TensorRef):
             obj.pickle_state = state
             return obj
-        if isinstance(obj, (AllowedCall,)):
+        if isinstance(obj, AllowedCall):
             obj.state = state
             return obj
         if isinstance(obj, RefusedCall):
             return obj
-        import argparse
-
         if isinstance(obj, argparse.Namespace) and isinstance(state, dict) and all(isinstance(k, str) for k in state):
             vars(obj).update(state)
             return obj
-        raise UnsafeFileError(f"refused: BUILD sets state on a {type(obj).__name__} object, which only stubs accept (byte {self.op_offset})", path=self.path, refused=[f"BUILD:{type(obj).__name__}"])
+        return self._refuse(f"BUILD on {_describe(obj)}", "sets state on an object that is not an inert stub; only stubs accept state")
+
+    def hash_items(self, items: Any) -> None:
+        """Charge the hashing of ``items`` (keys or set members) to the opcode budget.
+
+        Raises:
+            LimitExceededError: the budget is spent, or too many keys have attacker-chosen hashes.
+        """
+        if isinstance(items, dict):
+            items = items.keys()
+        elif not isinstance(items, (list, tuple, set, frozenset, collections.deque)):
+            return
+        for item in items:
+            if type(item) is list and item:
+                item = item[0]
+            self._hash_key(item)
+
+    def _hash_key(self, key: Any) -> None:
+        kind = type(key)
+        if kind is int:
+            if not -_HASH_MODULUS < key < _HASH_MODULUS:
+                self._collision()
+            return
+        if kind is tuple or kind is frozenset or kind is slice:
+            _, size, big = self._measure(key)
+            self.ops += size
+            if self.ops > self.limits.max_opcodes:
+                raise LimitExceededError(f"pickle exceeds {self.limits.max_opcodes} opcodes and hashed elements", path=self.path)
+            if big:
+                self._collision()
+
+    def _collision(self) -> None:
+        self.colliding += 1
+        if self.colliding > self.limits.max_colliding_keys:
+            raise LimitExceededError(
+                f"more than {self.limits.max_colliding_keys} dict keys or set members are integers beyond the hash modulus "
+                "(a hash-collision attack)", path=self.path)
+
+    def _measure(self, value: Any) -> tuple[int, int, bool]:
+        known = self.shapes.get(id(value))
+        if known is not None:
+            return known
+        items = (value.start, value.stop, value.step) if type(value) is slice else value
+        big = any(type(i) is int and not -_HASH_MODULUS < i < _HASH_MODULUS for i in items)
+        return 1, len(items) + 1, big
+
+    def _track(self, value: Any) -> Any:
+        """Record the nesting depth and size of a new tuple, frozenset or slice; refuse one nested too deep.
+
+        Every hashable container the pickle can reach is made here, so none is deeper than the
+        limit (CPython's hash of a deeper tuple overflows the C stack).
+        """
+        kind = type(value)
+        if kind is not tuple and kind is not frozenset and kind is not slice:
+            return value
+        items = (value.start, value.stop, value.step) if kind is slice else value
+        depth, size, big = 1, len(items) + 1, False
+        for item in items:
+            item_kind = type(item)
+            if item_kind is tuple or item_kind is frozenset or item_kind is slice:
+                child_depth, child_size, child_big = self._measure(item)
+                depth = max(depth, child_depth + 1)
+                size += child_size
+                big = big or child_big
+            elif item_kind is int and not -_HASH_MODULUS < item < _HASH_MODULUS:
+                big = True
+        if depth > self.limits.max_depth:
+            raise LimitExceededError(f"tuples nested more than {self.limits.max_depth} deep", path=self.path)
+        if depth > 1 or size > 16 or big:
+            self.shapes[id(value)] = (depth, size, big)
+        else:
+            self.shapes.pop(id(value), None)
+        return value
 
     def _decode(self, raw: bytes) -> str:
         try:
@@ -287,6 +437,93 @@ class Interpreter:
                     raise CorruptFileError("pickle STOP with an empty stack", path=self.path)
                 return self.stack.pop()
             op(self)
+
+
+def resolve_name(module: str, name: str, proto: int) -> tuple[str, str]:
+    """The module and name a global means: Python 2 names mapped as pickle maps them, dotted names split.
+
+    Old spellings (``__builtin__``, ``copy_reg``) are mapped whatever the protocol, so a
+    protocol-4 file cannot hide ``eval`` behind a Python 2 module name.
+    """
+    if proto < 3:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+    module = {"__builtin__": "builtins", "copy_reg": "copyreg", "exceptions": "builtins"}.get(module, module)
+    if "." in name:
+        module, name = f"{module}.{name}".rsplit(".", 1)
+    return module, name
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, StubObject):
+        return f"a {value.class_name} stub"
+    if isinstance(value, AllowedCall):
+        return f"the result of {value.func.dotted}"
+    return f"a {type(value).__name__}"
+
+
+def _children(value: Any) -> Any:
+    kind = type(value)
+    if kind is list or kind is tuple or kind is set or kind is frozenset or kind is collections.deque:
+        return value
+    if isinstance(value, dict):
+        return value.values()
+    if kind is StubObject:
+        return (value.args, value.kwargs, value.state, value.items, value.listitems)
+    if kind is AllowedCall:
+        return (value.args, value.state)
+    if kind is TensorRef:
+        return (value.pickle_state,) if value.pickle_state is not None else None
+    if kind is argparse.Namespace:
+        return tuple(vars(value).values())
+    return None
+
+
+def check_nesting(root: Any, limit: int, path: str | None = None) -> int:
+    """The nesting depth of containers in ``root`` (cycles do not count), without recursion.
+
+    Raises:
+        LimitExceededError: containers are nested deeper than ``limit``.
+    """
+    kids = _children(root)
+    if kids is None:
+        return 0
+    done: dict[int, int] = {}
+    active = {id(root)}
+    frames: list[list[Any]] = [[root, iter(kids), 0]]
+    while frames:
+        frame = frames[-1]
+        descended = False
+        for child in frame[1]:
+            child_kids = _children(child)
+            if child_kids is None:
+                continue
+            key = id(child)
+            known = done.get(key)
+            if known is not None:
+                frame[2] = max(frame[2], known)
+                continue
+            if key in active:
+                continue
+            if len(frames) >= limit:
+                raise LimitExceededError(f"containers nested more than {limit} deep", path=path)
+            active.add(key)
+            frames.append([child, iter(child_kids), 0])
+            descended = True
+            break
+        if descended:
+            continue
+        frames.pop()
+        active.discard(id(frame[0]))
+        depth = frame[2] + 1
+        if depth > limit:
+            raise LimitExceededError(f"containers nested more than {limit} deep", path=path)
+        done[id(frame[0])] = depth
+        if frames:
+            frames[-1][2] = max(frames[-1][2], depth)
+    return done.get(id(root), 0)
 
 
 def _op_proto(vm: Interpreter) -> None:
@@ -454,22 +691,22 @@ def _op_empty_tuple(vm: Interpreter) -> None:
 
 
 def _op_tuple(vm: Interpreter) -> None:
-    vm._push(tuple(vm._pop_mark()))
+    vm._push(vm._track(tuple(vm._pop_mark())))
 
 
 def _op_tuple1(vm: Interpreter) -> None:
-    vm.stack[-1] = (vm.stack[-1],)
+    vm.stack[-1] = vm._track((vm.stack[-1],))
 
 
 def _op_tuple2(vm: Interpreter) -> None:
     b = vm.stack.pop()
-    vm.stack[-1] = (vm.stack[-1], b)
+    vm.stack[-1] = vm._track((vm.stack[-1], b))
 
 
 def _op_tuple3(vm: Interpreter) -> None:
     c = vm.stack.pop()
     b = vm.stack.pop()
-    vm.stack[-1] = (vm.stack[-1], b, c)
+    vm.stack[-1] = vm._track((vm.stack[-1], b, c))
 
 
 def _op_empty_list(vm: Interpreter) -> None:
@@ -486,11 +723,14 @@ def _append_to(vm: Interpreter, target: Any, items: list) -> None:
     elif isinstance(target, StubObject):
         target.listitems.extend(items)
     elif isinstance(target, set):
+        vm.hash_items(items)
         target.update(items)
+    elif isinstance(target, collections.deque):
+        target.extend(items)
     elif isinstance(target, (RefusedCall, AllowedCall)):
         return
     else:
-        raise CorruptFileError(f"APPEND to a {type(target).__name__} (byte {vm.op_offset})", path=vm.path)
+        raise CorruptFileError(f"APPEND to {_describe(target)} (byte {vm.op_offset})", path=vm.path)
 
 
 def _op_append(vm: Interpreter) -> None:
@@ -509,20 +749,24 @@ def _op_empty_dict(vm: Interpreter) -> None:
 
 def _op_dict(vm: Interpreter) -> None:
     items = vm._pop_mark()
+    keys = items[0::2]
+    vm.hash_items(keys)
     vm._push({items[i]: items[i + 1] for i in range(0, len(items) - 1, 2)})
 
 
 def _set_items(vm: Interpreter, target: Any, items: list) -> None:
     if isinstance(target, dict):
+        vm.hash_items(items[0::2])
         for i in range(0, len(items) - 1, 2):
             target[items[i]] = items[i + 1]
     elif isinstance(target, StubObject):
+        vm.hash_items(items[0::2])
         for i in range(0, len(items) - 1, 2):
             target.items[items[i]] = items[i + 1]
     elif isinstance(target, (RefusedCall, AllowedCall)):
         return
     else:
-        raise CorruptFileError(f"SETITEM on a {type(target).__name__} (byte {vm.op_offset})", path=vm.path)
+        raise CorruptFileError(f"SETITEM on {_describe(target)} (byte {vm.op_offset})", path=vm.path)
 
 
 def _op_setitem(vm: Interpreter) -> None:
@@ -544,6 +788,7 @@ def _op_additems(vm: Interpreter) -> None:
     items = vm._pop_mark()
     target = vm.stack[-1]
     if isinstance(target, set):
+        vm.hash_items(items)
         try:
             target.update(items)
         except TypeError:
@@ -551,13 +796,14 @@ def _op_additems(vm: Interpreter) -> None:
     elif isinstance(target, list):
         target.extend(items)
     else:
-        raise CorruptFileError(f"ADDITEMS on a {type(target).__name__}", path=vm.path)
+        raise CorruptFileError(f"ADDITEMS on {_describe(target)}", path=vm.path)
 
 
 def _op_frozenset(vm: Interpreter) -> None:
     items = vm._pop_mark()
+    vm.hash_items(items)
     try:
-        vm._push(frozenset(items))
+        vm._push(vm._track(frozenset(items)))
     except TypeError:
         vm._push(items)
 
@@ -604,8 +850,21 @@ def _op_stack_global(vm: Interpreter) -> None:
     vm._push(vm._global(module, name))
 
 
-def _op_ext(vm: Interpreter) -> None:
-    raise UnsafeFileError("refused: the pickle uses the copyreg extension registry (EXT opcodes)", path=vm.path, refused=["EXT"])
+def _ext(vm: Interpreter, size: int) -> None:
+    code = int.from_bytes(vm._read(size), "little")
+    vm._push(vm._refuse(f"EXT{size} code {code}", "uses the copyreg extension registry, which can name any callable"))
+
+
+def _op_ext1(vm: Interpreter) -> None:
+    _ext(vm, 1)
+
+
+def _op_ext2(vm: Interpreter) -> None:
+    _ext(vm, 2)
+
+
+def _op_ext4(vm: Interpreter) -> None:
+    _ext(vm, 4)
 
 
 def _op_reduce(vm: Interpreter) -> None:
@@ -626,7 +885,8 @@ def _op_newobj_ex(vm: Interpreter) -> None:
     kwargs = vm.stack.pop()
     args = vm.stack.pop()
     cls = vm.stack[-1]
-    vm.stack[-1] = vm._instantiate(cls, tuple(args), dict(kwargs) if isinstance(kwargs, dict) else {}, "NEWOBJ_EX")
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    vm.stack[-1] = vm._instantiate(cls, args, dict(kwargs) if isinstance(kwargs, dict) else {}, "NEWOBJ_EX")
 
 
 def _instantiate_or_call(vm: Interpreter, ref: Any, args: list, how: str) -> Any:
@@ -680,7 +940,7 @@ _DISPATCH: dict[int, Callable[[Interpreter], None]] = {
     ord("g"): _op_get, ord("h"): _op_binget, ord("i"): _op_inst, ord("j"): _op_long_binget, ord("l"): _op_list,
     ord("]"): _op_empty_list, ord("o"): _op_obj, ord("p"): _op_put, ord("q"): _op_binput, ord("r"): _op_long_binput,
     ord("s"): _op_setitem, ord("t"): _op_tuple, ord(")"): _op_empty_tuple, ord("u"): _op_setitems,
-    ord("G"): _op_binfloat, 0x81: _op_newobj, 0x82: _op_ext, 0x83: _op_ext, 0x84: _op_ext, 0x85: _op_tuple1,
+    ord("G"): _op_binfloat, 0x81: _op_newobj, 0x82: _op_ext1, 0x83: _op_ext2, 0x84: _op_ext4, 0x85: _op_tuple1,
     0x86: _op_tuple2, 0x87: _op_tuple3, 0x88: _op_true, 0x89: _op_false, 0x8A: _op_long1, 0x8B: _op_long4,
     ord("B"): _op_binbytes, ord("C"): _op_short_binbytes, 0x8C: _op_short_binunicode, 0x8D: _op_binunicode8,
     0x8E: _op_binbytes8, 0x8F: _op_empty_set, 0x90: _op_additems, 0x91: _op_frozenset, 0x92: _op_newobj_ex,

@@ -1,0 +1,70 @@
+"""``ckpt-migrate migrate SRC_DIR DST_DIR --to FORMAT``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import UsageError
+from .common import console, emit_json, fail, handle_errors, transform_options
+
+
+@click.command("migrate")
+@click.argument("src_dir")
+@click.argument("dst_dir")
+@click.option("--to", "to", metavar="FORMAT", required=True, help="Writer name: safetensors, onnx, normalized, dcp.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes (local executor), CPUs of a local Ray instance.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (source, format, kind, destination, action) and write nothing.")
+@click.option("--report", "report_path", metavar="FILE", help="Write the JSON report to FILE (a path or fsspec URL).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run conversions in local processes or as Ray tasks.")
+@click.option("--ray-address", metavar="ADDR", help="Ray cluster to connect to (auto, ray://host:10001); default: a local Ray instance.")
+@click.option("--force", is_flag=True, help="Redo every file and overwrite existing outputs.")
+@transform_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report (or, with --dry-run, the plan) as one JSON document.")
+@handle_errors
+def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, report_path: str | None, executor: str,
+            ray_address: str | None, force: bool, schemas: tuple[str, ...], strict_schemas: bool, select: str | None, ema: bool,
+            arch: str | None, arch_kwargs: str | None, dtype: str | None, strip_optimizer: bool, max_shard_size: str | None,
+            trust_modules: tuple[str, ...], allow_calls: tuple[str, ...], as_json: bool) -> None:
+    """Convert every checkpoint under SRC_DIR into a mirrored tree under DST_DIR, verified and resumable.
+
+    Files are recognised by content: READMEs, images and CSVs are skipped and counted. Each file
+    is converted in isolation, so a corrupt or refused file is recorded and the batch goes on.
+    DST_DIR keeps a manifest: running the same command again skips what is done and unchanged
+    and finishes the rest, even after a crash. SRC_DIR and DST_DIR may be fsspec URLs (s3://…).
+
+    Exit codes: 0 all converted (or up to date), 1 some file failed, 3 some file was refused as
+    unsafe, 2 usage error.
+    """
+    from ..migrate import migrate
+    from ..migrate.progress import render_plan, render_summary, reporter_for
+
+    kwargs = None
+    if arch_kwargs:
+        try:
+            kwargs = json.loads(arch_kwargs)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--arch-kwargs is not valid JSON: {error}") from None
+        if not isinstance(kwargs, dict):
+            raise UsageError("--arch-kwargs must be a JSON object")
+    if ray_address and executor != "ray":
+        raise UsageError("--ray-address needs --executor ray")
+    report = migrate(
+        src_dir, dst_dir, to=to, jobs=jobs, executor=executor, ray_address=ray_address, dry_run=dry_run, force=force,
+        report=report_path, progress=reporter_for(quiet=dry_run), select=select, ema=ema, schemas=schemas,
+        strict_schemas=strict_schemas, dtype=dtype, strip_optimizer=strip_optimizer, allow_calls=allow_calls, arch=arch,
+        arch_kwargs=kwargs, trust_modules=trust_modules, max_shard_size=max_shard_size,
+    )
+    if as_json:
+        emit_json(report.to_json())
+    elif dry_run:
+        render_plan(report, console())
+    else:
+        render_summary(report, console())
+    code = report.exit_code
+    if code:
+        counts = report.counts
+        parts = [f"{counts[s]} {'refused as unsafe' if s == 'refused' else s}" for s in ("refused", "failed") if counts.get(s)]
+        fail(f"{' and '.join(parts)} of {len(report.files)} files in {src_dir}"
+             f"{'; see ' + report_path if report_path else '; rerun with --report FILE for details'}", code)

@@ -1,0 +1,506 @@
+"""The streaming safetensors path: plan the header from tensor references, copy byte ranges, verify by comparison.
+
+Torch-free. It applies when every tensor of a checkpoint is a :class:`TensorRef` whose bytes lie in a
+local file or an in-memory buffer, or a dtype cast of one. A contiguous little-endian tensor is
+copied by the kernel (``os.copy_file_range``, else ``os.sendfile``, else bounded ``pread``/``pwrite``);
+a strided view is gathered, a big-endian storage byte-swapped and a cast computed chunk by chunk
+with numpy, each through bounded buffers, so memory stays constant whatever the file size.
+Verification reads the output back and compares every tensor's bytes with its source, chunk by
+chunk, and parses the header again with the strict reader of :mod:`.safetensors_`.
+
+Anything it cannot reproduce bit for bit (derived tensors other than casts, remote sources, types
+safetensors lacks, a cast meeting NaNs whose bit patterns torch chooses per kernel) raises
+:class:`CannotStream`, and the writer falls back to the general torch path.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from .. import dtypes as _dtypes
+from ..checkpoint import ByteSource, DerivedTensor, TensorRef
+from ..errors import CorruptFileError, VerificationError
+
+CHUNK_BYTES = 8 << 20
+WINDOW_BYTES = 32 << 20
+KERNEL_COPY_MAX = 1 << 30
+CASTABLE = ("float64", "float32", "float16", "bfloat16")
+CAST_TARGETS = ("float32", "float16", "bfloat16")
+
+_COPY_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM, errno.EBADF, errno.ETXTBSY}
+_kernel_copy: dict[str, bool] = {"copy_file_range": hasattr(os, "copy_file_range"), "sendfile": hasattr(os, "sendfile")}
+
+
+class CannotStream(Exception):
+    """Private signal: the streaming path cannot be exact here; only the safetensors writer catches it."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One output tensor: its name, output dtype and shape, the reference it comes from, and its data offsets."""
+
+    name: str
+    dtype: _dtypes.DType
+    shape: tuple[int, ...]
+    ref: TensorRef
+    begin: int
+    end: int
+
+    @property
+    def raw(self) -> bool:
+        """True when the output bytes are one contiguous range of the source, copied as they are."""
+        return self.dtype == self.ref.dtype and self.ref.is_contiguous() and not _needs_swap(self.ref)
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """The complete layout of an output file: header bytes (length prefix, JSON, padding) and entries in data order."""
+
+    entries: tuple[Entry, ...]
+    header: bytes
+    metadata: dict[str, str]
+
+    @property
+    def data_start(self) -> int:
+        return len(self.header)
+
+    @property
+    def size(self) -> int:
+        return self.data_start + (self.entries[-1].end if self.entries else 0)
+
+
+def _needs_swap(ref: TensorRef) -> bool:
+    return ref.byteorder == "big" and ref.dtype.itemsize > 1
+
+
+def _cast_source(value: DerivedTensor) -> TensorRef | None:
+    inputs = value.inputs
+    if len(inputs) != 1 or not isinstance(inputs[0], TensorRef) or value.description != f"cast to {value.dtype.name}":
+        return None
+    if tuple(inputs[0].shape) != tuple(value.shape) or value.quantization or inputs[0].quantization:
+        return None
+    return inputs[0]
+
+
+def _entry_source(name: str, value: Any) -> tuple[TensorRef, _dtypes.DType]:
+    """The reference a tensor's bytes come from and the dtype it is written as.
+
+    Raises:
+        CannotStream: the tensor is derived by something other than a supported cast, or its type or bytes do not fit.
+    """
+    if isinstance(value, TensorRef):
+        ref, dtype = value, value.dtype
+    elif isinstance(value, DerivedTensor) and (source := _cast_source(value)) is not None:
+        ref, dtype = source, value.dtype
+        if ref.dtype.name not in CASTABLE or dtype.name not in CAST_TARGETS:
+            raise CannotStream(f"tensor {name!r}: cast {ref.dtype.name} -> {dtype.name} is not streamed")
+    elif isinstance(value, DerivedTensor):
+        raise CannotStream(f"tensor {name!r} is computed ({value.description or 'derived'})")
+    else:
+        raise CannotStream(f"tensor {name!r} is a {type(value).__name__}, not a tensor reference")
+    if ref.quantization or ref.dtype.kind == "quantized" or dtype.safetensors is None or ref.dtype.safetensors is None:
+        raise CannotStream(f"tensor {name!r} is {ref.dtype.name}, which has no plain safetensors code")
+    if ref.dtype.itemsize not in (1, 2, 4, 8):
+        raise CannotStream(f"tensor {name!r} has {ref.dtype.itemsize}-byte elements")
+    source = ref.storage.source
+    if source.buffer is None and source.local_path is None:
+        raise CannotStream(f"tensor {name!r} lives in {source.name}, which is not a local file")
+    return ref, dtype
+
+
+def plan_stream(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> StreamPlan:
+    """Lay out a safetensors file for ``tensors`` from their references alone (nothing is read).
+
+    Data are ordered by element size, largest first (as the safetensors library does, so every
+    tensor is aligned), keeping the checkpoint's order within a size; tied tensors get one copy
+    per name.
+
+    Raises:
+        CannotStream: some tensor cannot be streamed exactly (the caller falls back to torch).
+        CorruptFileError: a tensor's bytes lie past the end of its file.
+    """
+    items: list[tuple[str, TensorRef, _dtypes.DType]] = []
+    sizes: dict[str, int] = {}
+    for name, value in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise CannotStream(f"tensor name {name!r} is not a plain string key")
+        ref, dtype = _entry_source(name, value)
+        source = ref.storage.source
+        if ref.storage.nbytes > source.length:
+            raise CorruptFileError(f"storage of tensor {name!r} needs {ref.storage.nbytes} bytes but its range holds {source.length}", path=source.name)
+        if source.buffer is None:
+            size = sizes.setdefault(source.name, os.path.getsize(source.name))
+            if source.offset + ref.storage.nbytes > size:
+                raise CorruptFileError(f"storage of tensor {name!r} runs past the end of the file (truncated)", path=source.name)
+        items.append((name, ref, dtype))
+    items.sort(key=lambda item: -item[2].itemsize)
+    entries: list[Entry] = []
+    cursor = 0
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    for name, ref, dtype in items:
+        nbytes = ref.numel * dtype.itemsize
+        entries.append(Entry(name, dtype, tuple(ref.shape), ref, cursor, cursor + nbytes))
+        header[name] = {"dtype": dtype.safetensors, "shape": list(ref.shape), "data_offsets": [cursor, cursor + nbytes]}
+        cursor += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return StreamPlan(tuple(entries), struct.pack("<Q", len(text)) + text, dict(metadata))
+
+
+class _Files:
+    """Read-only descriptors of the source files, opened once each."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def __enter__(self) -> "_Files":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def fd(self, source: ByteSource) -> int:
+        if source.name not in self.fds:
+            self.fds[source.name] = os.open(source.name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return self.fds[source.name]
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, name: str) -> None:
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise CorruptFileError(f"file ends at byte {offset + done}, before the {len(view)} bytes a tensor needs (truncated)", path=name)
+        done += count
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int, name: str, buffer: bytearray) -> None:
+    """Copy ``length`` bytes between files: in the kernel when it can, else through ``buffer``.
+
+    Raises:
+        CorruptFileError: the source ends early.
+    """
+    while length > 0:
+        step = min(length, KERNEL_COPY_MAX)
+        count = -1
+        if _kernel_copy["copy_file_range"]:
+            try:
+                count = os.copy_file_range(src_fd, dst_fd, step, src_offset, dst_offset)
+            except OSError as error:
+                if error.errno not in _COPY_ERRNOS:
+                    raise
+                _kernel_copy["copy_file_range"] = False
+        elif _kernel_copy["sendfile"]:
+            try:
+                os.lseek(dst_fd, dst_offset, os.SEEK_SET)
+                count = os.sendfile(dst_fd, src_fd, src_offset, step)
+            except OSError as error:
+                if error.errno not in _COPY_ERRNOS:
+                    raise
+                _kernel_copy["sendfile"] = False
+        if count < 0:
+            view = memoryview(buffer)[: min(step, len(buffer))]
+            count = os.preadv(src_fd, [view], src_offset)
+            _pwrite_all(dst_fd, view[:count], dst_offset)
+        if count == 0:
+            raise CorruptFileError(f"file ends at byte {src_offset}, {length} bytes before the end of a tensor (truncated)", path=name)
+        src_offset += count
+        dst_offset += count
+        length -= count
+
+
+def _uint(width: int) -> Any:
+    import numpy
+
+    return numpy.dtype(f"<u{width}")
+
+
+def _blocks(shape: tuple[int, ...], stride: tuple[int, ...], base: int, out_limit: int, window_limit: float) -> Iterator[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
+    """Row-major pieces of a strided view, in element units: ``(window_start, window_len, shape, stride)``.
+
+    Each piece's output fits ``out_limit`` elements and the storage window it reads fits
+    ``window_limit`` elements, except a single element (always one piece).
+    """
+    numel = 1
+    for size in shape:
+        numel *= size
+    if numel == 0:
+        return
+    span = 1 + sum((size - 1) * step for size, step in zip(shape, stride))
+    if not shape or (numel <= out_limit and span <= window_limit):
+        yield base, span, shape, stride
+        return
+    rows, step = shape[0], stride[0]
+    rest_shape, rest_stride = shape[1:], stride[1:]
+    row_numel = numel // rows
+    row_span = 1 + sum((size - 1) * s for size, s in zip(rest_shape, rest_stride))
+    per_block = out_limit // row_numel if row_numel else rows
+    if step:
+        per_block = min(per_block, int((window_limit - row_span) // step) + 1 if window_limit >= row_span else 0)
+    if per_block >= 1:
+        for first in range(0, rows, per_block):
+            count = min(per_block, rows - first)
+            yield base + first * step, (count - 1) * step + row_span, (count,) + rest_shape, stride
+        return
+    for index in range(rows):
+        yield from _blocks(rest_shape, rest_stride, base + index * step, out_limit, window_limit)
+
+
+def _read_cost(shape: tuple[int, ...], stride: tuple[int, ...], out_limit: int, window_limit: int) -> int:
+    """Elements :func:`_blocks` would read for a view (an upper bound, computed without iterating)."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    if numel == 0:
+        return 0
+    span = 1 + sum((size - 1) * step for size, step in zip(shape, stride))
+    if not shape or (numel <= out_limit and span <= window_limit):
+        return span
+    rows, step = shape[0], stride[0]
+    row_numel = numel // rows
+    row_span = 1 + sum((size - 1) * s for size, s in zip(shape[1:], stride[1:]))
+    per_block = out_limit // row_numel if row_numel else rows
+    if step:
+        per_block = min(per_block, (window_limit - row_span) // step + 1 if window_limit >= row_span else 0)
+    if per_block >= 1:
+        blocks = -(-rows // per_block)
+        return blocks * ((per_block - 1) * step + row_span)
+    return rows * _read_cost(shape[1:], stride[1:], out_limit, window_limit)
+
+
+def _gathered(ref: TensorRef, files: _Files) -> Iterator[Any]:
+    """The elements of ``ref`` in row-major order, as contiguous unsigned-integer numpy arrays of bounded size.
+
+    A view whose rows cannot be read in bounded windows without rereading its storage many times
+    is served from a read-only memory map of its whole span instead.
+
+    Raises:
+        CorruptFileError: the file ends before the tensor's bytes.
+    """
+    import numpy
+
+    width = ref.dtype.itemsize
+    dtype = _uint(width)
+    source = ref.storage.source
+    out_limit = max(1, CHUNK_BYTES // width)
+    window_limit = max(1, WINDOW_BYTES // width)
+    numel = ref.numel
+    span = 1 + sum((size - 1) * step for size, step in zip(ref.shape, ref.stride)) if numel else 0
+    mapped: Any = None
+    if numel and _read_cost(ref.shape, ref.stride, out_limit, window_limit) > 2 * max(span, numel):
+        window_limit = span
+        if source.buffer is None:
+            start = source.offset + ref.offset * width
+            aligned = start - start % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(files.fd(source), start - aligned + span * width, access=mmap.ACCESS_READ, offset=aligned)
+            mapped_base = start - aligned - ref.offset * width
+
+    def window(first: int, count: int) -> Any:
+        if source.buffer is not None:
+            return numpy.frombuffer(source.buffer, dtype, count, source.offset + first * width)
+        if mapped is not None:
+            return numpy.frombuffer(mapped, dtype, count, mapped_base + first * width)
+        array = numpy.empty(count, dtype)
+        _pread_into(files.fd(source), memoryview(array).cast("B"), source.offset + first * width, source.name)
+        return array
+
+    for first, count, shape, stride in _blocks(ref.shape, ref.stride, ref.offset, out_limit, window_limit):
+        data = window(first, count)
+        view = numpy.lib.stride_tricks.as_strided(data, shape, tuple(s * width for s in stride), writeable=False)
+        yield numpy.ascontiguousarray(view).reshape(-1)
+        del data, view
+
+
+def _swapped(block: Any, dtype: _dtypes.DType) -> Any:
+    parts = 2 if dtype.kind == "complex" else 1
+    return block.view(_uint(dtype.itemsize // parts)).byteswap().view(block.dtype)
+
+
+def _to_float32(block: Any, dtype: _dtypes.DType) -> Any:
+    import numpy
+
+    if dtype.name == "bfloat16":
+        return (block.astype(numpy.uint32) << 16).view(numpy.float32)
+    native = {"float64": numpy.float64, "float32": numpy.float32, "float16": numpy.float16}[dtype.name]
+    values = block.view(native)
+    return values if native is numpy.float32 else values.astype(numpy.float32)
+
+
+def _cast(block: Any, source: _dtypes.DType, target: _dtypes.DType, name: str) -> Any:
+    """Cast raw element bits as torch's ``Tensor.to`` does on CPU (round to nearest even, through float32).
+
+    Raises:
+        CannotStream: the block holds NaNs, whose output bit patterns torch picks per kernel.
+    """
+    import numpy
+
+    with numpy.errstate(all="ignore"):
+        values = _to_float32(block, source)
+        if numpy.isnan(values).any():
+            raise CannotStream(f"tensor {name!r} holds NaNs, whose bits after a cast only torch decides")
+        if target.name == "float32":
+            return values.view(numpy.uint32)
+        if target.name == "float16":
+            return values.astype(numpy.float16).view(numpy.uint16)
+        bits = values.view(numpy.uint32).astype(numpy.uint64)
+        return ((bits + ((bits >> 16) & 1) + 0x7FFF) >> 16).astype(numpy.uint16)
+
+
+def entry_chunks(entry: Entry, files: _Files) -> Iterator[Any]:
+    """The output bytes of a gathered, byte-swapped or cast tensor, as bounded uint8 numpy arrays.
+
+    Raises:
+        CannotStream: a cast meets NaNs.
+        CorruptFileError: the source ends early.
+    """
+    ref = entry.ref
+    for block in _gathered(ref, files):
+        if _needs_swap(ref):
+            block = _swapped(block, ref.dtype)
+        if entry.dtype != ref.dtype:
+            block = _cast(block, ref.dtype, entry.dtype, entry.name)
+        yield block.view("u1")
+
+
+def _source_start(entry: Entry) -> int:
+    return entry.ref.storage.source.offset + entry.ref.offset * entry.ref.dtype.itemsize
+
+
+def write_stream(plan: StreamPlan, path: str) -> None:
+    """Write the planned file at ``path`` (created or truncated), tensor by tensor in data order.
+
+    Raises:
+        CannotStream: a cast meets NaNs (the caller removes ``path`` and falls back).
+        CorruptFileError: a source file ends early.
+    """
+    buffer = bytearray(CHUNK_BYTES)
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        with _Files() as files:
+            _pwrite_all(out, memoryview(plan.header), 0)
+            for entry in plan.entries:
+                position = plan.data_start + entry.begin
+                source = entry.ref.storage.source
+                if entry.end == entry.begin:
+                    continue
+                if entry.raw and source.buffer is None:
+                    _copy_range(files.fd(source), _source_start(entry), out, position, entry.end - entry.begin, source.name, buffer)
+                    continue
+                if entry.raw:
+                    start = _source_start(entry)
+                    _pwrite_all(out, memoryview(source.buffer)[start: start + entry.end - entry.begin], position)
+                    continue
+                for chunk in entry_chunks(entry, files):
+                    _pwrite_all(out, memoryview(chunk), position)
+                    position += chunk.nbytes
+    finally:
+        os.close(out)
+
+
+def _compare_raw(entry: Entry, files: _Files, out: int, position: int, buffers: tuple[bytearray, bytearray], path: str) -> bool:
+    source = entry.ref.storage.source
+    start, remaining = _source_start(entry), entry.end - entry.begin
+    expected, found = buffers
+    while remaining > 0:
+        count = min(remaining, len(expected))
+        if source.buffer is not None:
+            want = memoryview(source.buffer)[start: start + count]
+        else:
+            want = memoryview(expected)[:count]
+            _pread_into(files.fd(source), want, start, source.name)
+        got = memoryview(found)[:count]
+        _pread_into(out, got, position, path)
+        same = (expected == found) if count == len(expected) and source.buffer is None else want.tobytes() == got.tobytes()
+        if not same:
+            return False
+        start += count
+        position += count
+        remaining -= count
+    return True
+
+
+def _compare_chunks(entry: Entry, files: _Files, out: int, position: int, path: str) -> bool:
+    for chunk in entry_chunks(entry, files):
+        got = bytearray(chunk.nbytes)
+        _pread_into(out, memoryview(got), position, path)
+        if got != chunk.tobytes():
+            return False
+        position += chunk.nbytes
+    return True
+
+
+def check_header(path: str, expected: Mapping[str, tuple[str, list[int], list[int]]], metadata: Mapping[str, str], source: str) -> None:
+    """Parse ``path``'s header with the strict reader and compare it with what was meant to be written.
+
+    ``expected`` maps each name to ``(dtype code, shape, data_offsets)``.
+
+    Raises:
+        VerificationError: the header does not parse, or names, types, shapes, offsets or metadata differ.
+    """
+    from ..errors import CorruptFileError as Corrupt
+    from .safetensors_ import MAX_HEADER_BYTES, parse_header
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        raw = prefix + handle.read(min(length, MAX_HEADER_BYTES + 1))
+    try:
+        header, found_metadata, _ = parse_header(raw, size, path)
+    except Corrupt as error:
+        raise VerificationError(f"written file does not parse as safetensors: {error.message}", path=source) from None
+    found = {name: (entry["dtype"], list(entry["shape"]), list(entry["data_offsets"])) for name, entry in header.items()}
+    if found != {name: (code, list(shape), list(offsets)) for name, (code, shape, offsets) in expected.items()}:
+        differ = sorted(set(found) ^ set(expected)) or sorted(n for n in expected if found.get(n) != expected[n])
+        raise VerificationError(f"written header differs from the plan (first: {differ[0]!r})", path=source)
+    if found_metadata != dict(metadata):
+        raise VerificationError("written metadata differs from the plan", path=source)
+
+
+def planned_header(plan: StreamPlan) -> dict[str, tuple[str, list[int], list[int]]]:
+    """Name → (dtype code, shape, data offsets) of a plan, as :func:`check_header` compares them."""
+    return {e.name: (e.dtype.safetensors or "", list(e.shape), [e.begin, e.end]) for e in plan.entries}
+
+
+def verify_stream(plan: StreamPlan, path: str, source: str) -> None:
+    """Read ``path`` back and compare it with the plan and the sources, tensor by tensor, in bounded chunks.
+
+    Checks the size, the header bytes and what the strict header parser reads from them, and
+    every tensor's bytes against its source range (or its recomputed gather, swap or cast).
+
+    Raises:
+        VerificationError: any difference, naming the first tensor that differs.
+    """
+    if os.path.getsize(path) != plan.size:
+        raise VerificationError(f"written file holds {os.path.getsize(path)} bytes, {plan.size} were planned", path=source)
+    buffers = (bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES))
+    out = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        head = bytearray(len(plan.header))
+        _pread_into(out, memoryview(head), 0, path)
+        if head != plan.header:
+            raise VerificationError("written header differs from the planned one", path=source)
+        check_header(path, planned_header(plan), plan.metadata, source)
+        with _Files() as files:
+            for entry in plan.entries:
+                position = plan.data_start + entry.begin
+                same = (_compare_raw(entry, files, out, position, buffers, path) if entry.raw
+                        else _compare_chunks(entry, files, out, position, path))
+                if not same:
+                    raise VerificationError(f"tensor {entry.name!r} read back from the output differs from the source", path=source)
+    finally:
+        os.close(out)
