@@ -46,10 +46,8 @@ def atomic_path(dst: str, force: bool = False) -> Iterator[str]:
     tmp = temp_name(dst)
     try:
         yield tmp
-        if os.path.isdir(dst) and not os.path.isdir(tmp):
-            shutil.rmtree(dst)
-        elif os.path.isdir(dst) and os.path.isdir(tmp):
-            shutil.rmtree(dst)
+        if os.path.lexists(dst) and (os.path.isdir(dst) or os.path.isdir(tmp)):
+            remove_quietly(dst)
         os.replace(tmp, dst)
     except BaseException:
         remove_quietly(tmp)

@@ -319,9 +319,23 @@ PAYLOAD_MODULES = {
 }
 
 
+def _inside_import() -> bool:
+    """True when the audited operation comes from Python's import machinery (loading a module's .pyc)."""
+    import sys
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _suspicious(event: str, args: tuple, watch: set[str]) -> str | None:
     import os
 
+    if event in ("marshal.loads", "marshal.load", "exec", "compile") and _inside_import():
+        return None
     if event in SUSPICIOUS_EVENTS:
         return f"{event} {args!r:.200}"
     if event == "open":

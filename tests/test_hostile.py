@@ -142,7 +142,7 @@ def _malformed_files(genuine: bytes) -> dict[str, tuple[bytes, str]]:
         "git-lfs-pointer": (lfs, "Git LFS pointer"),
         "safetensors-length-lies": (_with_header(header, data, declared=len(st) * 4), "header declares"),
         "safetensors-offsets-lie": (_with_header(lie(data_offsets=[0, len(data) + 64]), data), "offsets"),
-        "safetensors-overlap": (_with_header(lie(data_offsets=[0, 16]) | {"b": {**header["b"], "data_offsets": [8, 24]}}, data), "offsets"),
+        "safetensors-overlap": (_with_header(lie(data_offsets=[0, 16]) | {"b": {**header["b"], "data_offsets": [8, 24]}}, data), "overlaps"),
         "safetensors-dtype-lies": (_with_header(lie(dtype="F99"), data), "unknown dtype"),
         "safetensors-shape-lies": (_with_header(lie(shape=[5]), data), "needs"),
         "safetensors-json-lies": (_with_header(b'{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]', data), "not valid JSON"),
@@ -294,9 +294,9 @@ def _model_and_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer, obje
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
     model(torch.randn(5, 4)).sum().backward()
     optimizer.step()
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
     scheduler.step()
     return model, optimizer, scheduler
 
@@ -432,6 +432,7 @@ def test_cli_allow_call_both_cases(tmp_path: Path) -> None:
     assert results["default"]["code"] == 3 and "--allow-call payloads.Mode would accept it" in results["default"]["stderr"]
     assert not (tmp_path / "a.safetensors").exists()
     assert results["allowed"]["code"] == 0, results["allowed"]["stderr"]
+    assert any(e.startswith("open for writing") and "b.safetensors" in e for e in results["allowed"]["events"]), "the audit hook sees writes"
     assert torch.equal(load_file(str(tmp_path / "b.safetensors"))["0.weight"], model.state_dict()["0.weight"])
     assert results["gadget"]["code"] == 3 and "ignored" in results["gadget"]["stderr"]
     assert not (tmp_path / "c.safetensors").exists()
@@ -446,3 +447,15 @@ def test_corrupt_file_error_names_the_reason_not_a_traceback(tmp_path: Path) -> 
         api.load(src)
     assert "not-a-dtype" in str(error.value) and str(src) in str(error.value)
     assert isinstance(error.value, CkptMigrateError)
+
+
+def test_audit_classifier_flags_what_a_payload_would_do() -> None:
+    compiled = compile("x = 1", "<string>", "exec")
+    assert P._suspicious("os.system", (b"touch x",), set())
+    assert P._suspicious("subprocess.Popen", ("touch", ["touch", "x"], None, None), set())
+    assert P._suspicious("open", ("/tmp/x", "w", 0), set())
+    assert P._suspicious("open", ("/tmp/x", None, 0o1101), set())
+    assert P._suspicious("exec", (compiled,), set())
+    assert P._suspicious("import", ("runpy", None, [], [], []), {"runpy"})
+    assert P._suspicious("open", ("/tmp/x", "rb", 0), set()) is None
+    assert P._suspicious("import", ("json", None, [], [], []), {"runpy"}) is None

@@ -321,3 +321,14 @@ def test_vcs_folders_are_not_walked_and_stale_temporaries_in_src_are_skipped(tmp
     report = migrate(src, tmp_path / "out", to="safetensors", executor="inline")
     assert {e.source: e.status for e in report.files} == {"real.pt": "converted", ".real.safetensors.ckpt-migrate-tmp-1-abcdef12": "skipped"}
     assert sorted(os.listdir(tmp_path / "out")) == [MANIFEST_NAME, "real.safetensors"]
+
+
+def test_top_level_migrate_is_callable_after_the_package_is_imported(tmp_path: Path) -> None:
+    import ckpt_migrate
+    import ckpt_migrate.migrate.plan  # noqa: F401 - binds the subpackage on its parent
+
+    (tmp_path / "src").mkdir()
+    torch.save(trees.tiny(4).state_dict(), tmp_path / "src/a.pt")
+    report = ckpt_migrate.migrate(tmp_path / "src", tmp_path / "out", executor="inline")
+    assert report.exit_code == 0 and report.counts["converted"] == 1
+    assert (tmp_path / "out/a.safetensors").is_file()
