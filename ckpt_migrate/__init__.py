@@ -12,12 +12,12 @@ from .api import TOOL_VERSION as __version__
 from .api import convert, inspect, load
 from .checkpoint import Checkpoint, TensorRef
 from . import errors
+from .migrate import migrate
 
 _LAZY = {
     "scan": ("ckpt_migrate.scan", "scan"),
     "diff": ("ckpt_migrate.warmstart", "diff"),
     "check": ("ckpt_migrate.warmstart", "check"),
-    "migrate": ("ckpt_migrate.migrate", "migrate"),
 }
 
 __all__ = ["Checkpoint", "TensorRef", "__version__", "check", "convert", "diff", "errors", "inspect", "load", "migrate", "scan"]
