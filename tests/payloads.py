@@ -424,3 +424,54 @@ def run_audited(jobs: list[dict], warmup: list[list[str]], workdir: Path) -> dic
     if proc.returncode != 0:
         raise AssertionError(f"audit harness failed ({proc.returncode}): {proc.stderr[-3000:]}")
     return {r["id"]: r for r in json.loads(proc.stdout)}
+
+
+# ---------------------------------------------------------------- fuzz seeds
+
+
+def fuzz_seeds() -> dict[str, list[bytes]]:
+    """Seed inputs for the fuzzers, by kind: ``pickle``, ``legacy``, ``zip``, ``data_pkl``, ``safetensors``.
+
+    Benign seeds are ``pickle.dumps``/``torch.save`` output of plain values (dumping runs nothing
+    from a file); hostile seeds are the hand-written payloads above.
+    """
+    import argparse
+    import collections
+    import datetime
+    import decimal
+    import fractions
+    import pickle
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save
+
+    torch.manual_seed(0)
+    values = [
+        None, True, 1, -(1 << 70), 1.5, "text", b"bytes", bytearray(b"ba"), (1, (2, 3)), [1, [2]], {"k": {"n": 1}},
+        {1, 2}, frozenset({3}), collections.OrderedDict(a=1), collections.defaultdict(list, a=[1]),
+        collections.deque([1, 2], maxlen=3), collections.Counter("aab"), argparse.Namespace(lr=0.1),
+        datetime.datetime(2020, 1, 2, 3, 4, 5), datetime.timedelta(days=2), decimal.Decimal("1.5"),
+        fractions.Fraction(1, 3), complex(1, 2), range(3), np.arange(6).reshape(2, 3), np.float64(2.5),
+        np.dtype(">i4"), {"t": torch.arange(4.0)},
+    ]
+    pickles = [pickle.dumps(v, protocol=p) for v in values[:-1] for p in range(6)]
+    pickles += [pickle.dumps(values[-1], protocol=2)]
+    canary = Path("/nonexistent/canary")
+    hostile = [p.data for p in direct_calls(canary, canary, canary, canary) + encodings(canary)]
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    zips, legacies = [], []
+    for obj in (model.state_dict(), model, {"model": model.state_dict(), "epoch": 1, "opt": torch.optim.SGD(model.parameters(), lr=0.1).state_dict()}):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        zips.append(buffer.getvalue())
+        buffer = io.BytesIO()
+        torch.save(obj, buffer, _use_new_zipfile_serialization=False)
+        legacies.append(buffer.getvalue())
+    data_pkls = []
+    for archive in zips:
+        source = zipfile.ZipFile(io.BytesIO(archive))
+        data_pkls += [source.read(n) for n in source.namelist() if n.endswith("data.pkl")]
+    tensors = save({"a": torch.arange(4, dtype=torch.float32), "b": torch.ones(2, 3, dtype=torch.float16)}, {"k": "v"})
+    return {"pickle": pickles + hostile + data_pkls, "legacy": legacies, "zip": zips, "data_pkl": data_pkls,
+            "safetensors": [tensors, save({}), save({"x": torch.zeros(0)})]}

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -382,3 +383,23 @@ def test_max_abs_diff() -> None:
 def test_export_settings_reject(extra: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         onnx_.ExportSettings.from_options(extra)
+
+
+@pytest.mark.parametrize("form", ["dataparallel", "torchscript"])
+def test_wrapped_and_scripted_torchvision_models_are_rebuilt(tmp_path: Path, form: str) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.squeezenet1_1(weights=None, num_classes=3).eval()
+    src, dst = tmp_path / f"{form}.pt", tmp_path / f"{form}.onnx"
+    if form == "dataparallel":
+        torch.save(torch.nn.DataParallel(model), src)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(torch.jit.script(model), src)
+    run = cli("convert", str(src), str(dst), "--input-shape", "1,3,64,64", "--json")
+    assert run.code == 0, run.err
+    details = json.loads(run.out)["details"]
+    assert (details["architecture"], details["arch_kwargs"]) == ("squeezenet1_1", {"num_classes": 3})
+    x = seeded_input(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert np.abs(ort_run(dst, x.numpy())[0] - model(x).numpy()).max() < 1e-5

@@ -177,7 +177,7 @@ def test_layout_is_aligned_and_ties_are_written_under_every_name(tmp_path: Path,
     assert (8 + length) % 8 == 0
     header = json.loads(raw[8: 8 + length])
     metadata = header.pop("__metadata__")
-    assert metadata["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert metadata["source"] == str(src) and metadata["reader"] == "torch-zip" and "source_sha256" not in metadata
     for name, entry in header.items():
         begin, end = entry["data_offsets"]
         assert begin % dtypes.BY_SAFETENSORS[entry["dtype"]].itemsize == 0, name
@@ -186,14 +186,19 @@ def test_layout_is_aligned_and_ties_are_written_under_every_name(tmp_path: Path,
     assert_same(out["tied.a"], out["tied.b"], "tied")
 
 
-def test_source_sha256_is_recorded_by_both_paths(tmp_path: Path) -> None:
+def test_source_sha256_only_when_asked_and_then_by_both_paths(tmp_path: Path) -> None:
     src = save({"w": torch.arange(12.0).reshape(3, 4)}, tmp_path / "s.pt", "zip")
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    _, _, fast, general = convert_both(src, tmp_path)
+    from safetensors import safe_open
+
+    plain = api.convert(str(src), str(tmp_path / "plain.safetensors"))
+    assert plain.checkpoint.meta["source_sha256"] is None
+    with safe_open(str(tmp_path / "plain.safetensors"), framework="pt") as handle:
+        assert "source_sha256" not in handle.metadata()
+    _, _, fast, general = convert_both(src, tmp_path, source_hash=True)
     for result, name in ((fast, "fast"), (general, "general")):
         assert result.checkpoint.meta["source_sha256"] == digest
-        from safetensors import safe_open
-
+        assert result.report.details["metadata"]["source_sha256"] == digest
         with safe_open(str(tmp_path / f"{name}.safetensors"), framework="pt") as handle:
             assert handle.metadata()["source_sha256"] == digest
 
@@ -351,24 +356,46 @@ def test_blocks_respect_their_limits() -> None:
     assert stream._read_cost((400, 400), (1, 400), 100, 1000) > 2 * 400 * 400
 
 
-@pytest.mark.parametrize("disabled", [("copy_file_range",), ("copy_file_range", "sendfile")])
-def test_copy_fallbacks_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disabled: tuple[str, ...]) -> None:
-    monkeypatch.setattr(stream, "CHUNK_BYTES", 1000)
+@pytest.mark.parametrize("disabled", [(), ("copy_file_range",), ("copy_file_range", "sendfile")])
+@pytest.mark.parametrize("src_offset, dst_offset", [(4096, 8192), (100, 8), (0, 4095)])
+def test_copy_range_kernel_and_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disabled: tuple[str, ...],
+                                        src_offset: int, dst_offset: int) -> None:
     for name in disabled:
-        monkeypatch.setitem(stream._kernel_copy, name, False)
-    state = {"w": torch.randn(100, 33, generator=torch.Generator().manual_seed(4)), "b": torch.arange(7)}
-    src = save(state, tmp_path / "s.pt", "zip")
-    api.convert(str(src), str(tmp_path / "o.safetensors"))
-    out = load_file(str(tmp_path / "o.safetensors"))
-    for name, tensor in state.items():
-        assert_same(out[name], tensor, name)
+        monkeypatch.setitem(stream._kernel_copy_ok, name, False)
+    payload = np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes()
+    (tmp_path / "src").write_bytes(b"s" * src_offset + payload)
+    out = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
+    try:
+        with open(tmp_path / "src", "rb") as handle:
+            stream._copy_range(handle.fileno(), src_offset, out, dst_offset, len(payload), "src", bytearray(1000))
+    finally:
+        os.close(out)
+    assert (tmp_path / "dst").read_bytes()[dst_offset:] == payload
+    with open(tmp_path / "src", "rb") as handle, pytest.raises(CorruptFileError, match="truncated"):
+        stream._copy_range(handle.fileno(), src_offset, os.open(tmp_path / "dst2", os.O_WRONLY | os.O_CREAT), 0, len(payload) + 5, "src", bytearray(1000))
+
+
+def test_verifying_thread_names_the_tensor_written_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = save({"a": torch.arange(64.0), "b": torch.arange(10.0)}, tmp_path / "s.pt", "zip")
+    plan = stream.plan_stream(api.load(str(src)).tensors, {})
+    honest = stream._write_entry
+
+    def sloppy(entry, position, out, files, buffer):
+        honest(entry, position, out, files, buffer)
+        if entry.name == "b":
+            os.pwrite(out, b"\xff", position + 5)
+
+    monkeypatch.setattr(stream, "_write_entry", sloppy)
+    with pytest.raises(VerificationError, match="tensor 'b'"):
+        stream.write_stream(plan, str(tmp_path / "o.safetensors"), verify_source="s.pt")
+    stream.write_stream(plan, str(tmp_path / "unchecked.safetensors"))
 
 
 def planned(tmp_path: Path) -> tuple[stream.StreamPlan, Path]:
     src = save({"a": torch.arange(64.0), "b": torch.arange(10.0).reshape(2, 5).t()}, tmp_path / "s.pt", "zip")
     plan = stream.plan_stream(api.load(str(src)).tensors, {"format": "pt"})
     out = tmp_path / "o.safetensors"
-    stream.write_stream(plan, str(out))
+    stream.write_stream(plan, str(out), verify_source="s.pt")
     stream.verify_stream(plan, str(out), "s.pt")
     return plan, out
 

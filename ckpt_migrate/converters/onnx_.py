@@ -296,15 +296,17 @@ def max_abs_diff(expected: Sequence[Any], actual: Sequence[Any], names: Sequence
 
 
 def open_session(path: str) -> Any:
-    """An onnxruntime CPU session on ``path``.
+    """An onnxruntime CPU session on ``path`` that logs only errors (stderr stays one line per failure).
 
     Raises:
         VerificationError: onnxruntime cannot load the file.
     """
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
     try:
-        return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own unrelated exception types
         raise VerificationError(f"onnxruntime cannot load the exported model: {_first_line(error)}") from None
 

@@ -96,15 +96,12 @@ def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str
         UsageError: ``stream=True`` and the tensors cannot be streamed exactly.
         CorruptFileError: a source file ends before a tensor's bytes.
     """
-    from .stream import CannotStream, plan_stream, verify_stream, write_stream
+    from .stream import CannotStream, plan_stream, write_stream
 
     reason = "streaming disabled"
     if stream is not False:
         try:
-            plan = plan_stream(tensors, metadata)
-            write_stream(plan, path)
-            if verify:
-                verify_stream(plan, path, source)
+            write_stream(plan_stream(tensors, metadata), path, verify_source=source if verify else None)
             return {"path": "stream"}
         except CannotStream as why:
             if stream:
@@ -123,20 +120,22 @@ def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str
 
 
 class SourceDigest:
-    """The source file's sha256 for the metadata, computed in a background thread while the output is written.
+    """The source file's sha256 for the metadata, when asked for, computed in a background thread while the output is written.
 
-    ``api.convert`` skips hashing at load time for writers that set ``hashes_source``; the hash
-    then costs no wall time of its own (it overlaps the copy and the verification). The metadata
-    is written with :data:`SHA256_PLACEHOLDER` (same length) and patched in place once the hash is known.
+    Hashing reads every byte of the source once more and runs at about half the speed of a copy,
+    so ``api.convert`` skips it at load time for writers that set ``hashes_source`` and this writer
+    takes it only with ``source_hash=True`` (or when the checkpoint already carries it). It then
+    overlaps the copy and the verification; the metadata is written with
+    :data:`SHA256_PLACEHOLDER` (same length) and patched in place once the hash is known.
     """
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(self, checkpoint: Checkpoint, wanted: bool) -> None:
         self.checkpoint = checkpoint
         self.value: str | None = checkpoint.meta.get("source_sha256")
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
         source = checkpoint.meta.get("source")
-        if self.value is None and isinstance(source, str) and source:
+        if wanted and self.value is None and isinstance(source, str) and source:
             self.thread = threading.Thread(target=self._run, args=(source,), name="ckpt-migrate-sha256", daemon=True)
             self.thread.start()
 
@@ -220,7 +219,8 @@ class SafetensorsWriter(Writer):
 
     Tied tensors are written under every name. The streaming path (no torch, constant memory) is
     used whenever it is exact; ``extra["stream"]`` forces it (True) or the torch path (False).
-    ``hashes_source``: the source's sha256 is taken here, overlapping the write, not by ``load``.
+    ``hashes_source``: ``load`` does not hash the source for this writer; ``extra["source_hash"]``
+    asks for the sha256 in the metadata, taken here while the output is written.
     """
 
     name = "safetensors"
@@ -237,7 +237,7 @@ class SafetensorsWriter(Writer):
             return write_sharded(checkpoint, dst, options)
         if dst.endswith(os.sep) or os.path.isdir(dst):
             raise UsageError("is a folder; a single safetensors file needs a file name (or pass --max-shard-size for shards)", path=dst)
-        digest = SourceDigest(checkpoint)
+        digest = SourceDigest(checkpoint, bool(options.extra.get("source_hash")))
         metadata = digest.metadata(checkpoint)
         source = str(checkpoint.meta.get("source", dst))
         with atomic_path(dst, options.force) as tmp:
