@@ -8,7 +8,8 @@ Dirty pages are flushed (``sync``) before every run so no run pays for another's
     python bench/bench_stream.py                      # small, a quick look
     python bench/bench_stream.py --sizes 2GB,8GB      # the real measurement
 
-Pipelines: ``cp``; ``ckpt-migrate convert SRC DST`` (CLI, verification on); ``naive``
+Pipelines: ``cp``; ``ckpt-migrate convert SRC DST`` (CLI, verification on); ``no-verify`` (``--no-verify``, the
+same without reading the output back); ``naive``
 (``torch.load(weights_only=True)`` then ``safetensors.torch.save_file``); ``mmap`` (the same with
 ``torch.load(mmap=True)``, zip files only).
 """
@@ -76,22 +77,43 @@ def parse_size(text: str) -> int:
 
 
 def run_child(argv: Sequence[str]) -> Sample:
-    """Run ``argv`` to completion and measure it.
+    """Run ``argv`` to completion and measure it (under ``/usr/bin/time`` when present, so the RSS is the child's own).
+
+    A child forked from this Python process inherits its resident size until it execs, which
+    ``ru_maxrss`` would report; ``/usr/bin/time`` forks from a small C process instead.
 
     Raises:
         RuntimeError: the child exits non-zero.
     """
-    start = time.perf_counter()
-    child = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    err = child.stderr.read().decode(errors="replace") if child.stderr else ""
-    if child.stderr:
-        child.stderr.close()
-    if child.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} … exited {child.returncode}: {err.strip()[-400:]}")
+    timer = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        command = [timer, "-f", "%U %S %M", "-o", report.name, *argv] if timer else list(argv)
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        err = child.stderr.read().decode(errors="replace") if child.stderr else ""
+        if child.stderr:
+            child.stderr.close()
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(f"{' '.join(argv[:4])} … exited {code}: {err.strip()[-400:]}")
+        if timer:
+            user, system, rss_kib = report.read().split()[-3:]
+            return Sample(wall, float(user) + float(system), int(rss_kib) / 1024)
     return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available for new work (``MemAvailable``), where the system says."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def pipelines(fmt: str, selected: Sequence[str]) -> dict[str, list[str]]:
@@ -99,6 +121,7 @@ def pipelines(fmt: str, selected: Sequence[str]) -> dict[str, list[str]]:
     table = {
         "cp": ["cp"],
         "ckpt-migrate": [sys.executable, "-m", "ckpt_migrate", "convert", "--force"],
+        "no-verify": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--no-verify"],
         "naive": [sys.executable, "-c", NAIVE.format(mmap=False)],
         "mmap": [sys.executable, "-c", NAIVE.format(mmap=True)],
     }
@@ -161,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="256MB", help="comma-separated sizes (default 256MB; e.g. 2GB,8GB)")
     parser.add_argument("--formats", default="zip,legacy", help="zip and/or legacy")
     parser.add_argument("--runs", type=int, default=3, help="rounds per pipeline (median reported)")
-    parser.add_argument("--pipelines", default="cp,ckpt-migrate,naive,mmap", help="which pipelines to run")
+    parser.add_argument("--pipelines", default="cp,ckpt-migrate,no-verify,naive,mmap", help="which pipelines to run")
     parser.add_argument("--workdir", default=None, help="folder for the files (default: a temporary folder)")
     parser.add_argument("--json", dest="json_path", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -184,9 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if free < 3 * size + (1 << 30):
                     print(f"\nskipping {fmt} {size / 2**30:.2f} GiB: {free / 2**30:.1f} GiB free in {folder}, need {3 * size / 2**30 + 1:.1f}")
                     continue
+                commands = pipelines(fmt, selected)
+                memory = available_memory()
+                for heavy in ("naive", "mmap"):
+                    if heavy in commands and memory is not None and memory < 1.5 * size + (3 << 30):
+                        print(f"\nskipping {heavy} at {size / 2**30:.2f} GiB: it holds the whole state_dict, {memory / 2**30:.1f} GiB available")
+                        commands.pop(heavy)
                 src = make_source(size, fmt, folder)
                 try:
-                    samples = measure(src, os.path.join(folder, "out.safetensors"), pipelines(fmt, selected), args.runs)
+                    samples = measure(src, os.path.join(folder, "out.safetensors"), commands, args.runs)
                     results["tables"].append(report(size, fmt, samples))
                 finally:
                     os.remove(src)

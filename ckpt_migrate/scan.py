@@ -12,6 +12,7 @@ not be read, else 0.
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -130,7 +131,17 @@ def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, bool]]
                 yield os.path.join(root, name), False
             dirs[:] = [d for d in dirs if d not in checkpoints]
             for name in sorted(files):
-                yield os.path.join(root, name), False
+                path_in = os.path.join(root, name)
+                if _regular(path_in):
+                    yield path_in, False
+
+
+def _regular(path: str) -> bool:
+    """True for a regular file (symlinks followed); FIFOs and devices would block or never end."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
 
 
 def scan_file(path: str, allow_calls: frozenset[str] = frozenset(), *, named: bool = True) -> FileScan:
@@ -139,6 +150,10 @@ def scan_file(path: str, allow_calls: frozenset[str] = frozenset(), *, named: bo
 
     found = FileScan(path)
     uses: dict[str, GlobalUse] = {}
+    if os.path.exists(path) and not os.path.isdir(path) and not _regular(path):
+        found.verdict, found.error = "error", "not a regular file (a device, FIFO or socket); not read"
+        found.message = f"{path}: {found.error}"
+        return found
     try:
         raw, reader = api.read_raw(path, allow_calls=allow_calls, collect_only=True)
     except UnsafeFileError as error:

@@ -13,7 +13,6 @@ import struct
 import time
 from typing import Any, Callable
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +27,7 @@ from ckpt_migrate.unpickler import interpret
 from ckpt_migrate.unpickler.static import looks_like_pickle, walk
 
 SEEDS = P.fuzz_seeds()
-BUDGET = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+BUDGET = settings(max_examples=500, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
 SLOW = 5.0
 
@@ -131,19 +130,19 @@ def test_opcode_soup(data: bytes) -> None:
     interpret_and_consume(data)
 
 
-@settings(BUDGET, max_examples=150)
+@settings(BUDGET, max_examples=250)
 @given(mutated(SEEDS["legacy"]))
 def test_mutated_legacy_files(data: bytes) -> None:
     nested(data)
 
 
-@settings(BUDGET, max_examples=150)
+@settings(BUDGET, max_examples=250)
 @given(mutated(SEEDS["zip"]))
 def test_mutated_zip_archives(data: bytes) -> None:
     nested(data)
 
 
-@settings(BUDGET, max_examples=150)
+@settings(BUDGET, max_examples=250)
 @given(mutated(SEEDS["data_pkl"]))
 def test_mutated_data_pkl_inside_a_real_archive(data_pkl: bytes) -> None:
     nested(P.torch_zip(data_pkl, {str(i): bytes(64) for i in range(4)}))

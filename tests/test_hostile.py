@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import payloads as P
 from ckpt_migrate import api
@@ -459,3 +459,22 @@ def test_audit_classifier_flags_what_a_payload_would_do() -> None:
     assert P._suspicious("import", ("runpy", None, [], [], []), {"runpy"})
     assert P._suspicious("open", ("/tmp/x", "rb", 0), set()) is None
     assert P._suspicious("import", ("json", None, [], [], []), {"runpy"}) is None
+
+
+def test_names_from_a_file_are_never_read_as_terminal_markup(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ckpt_migrate.commands.inspect_ import command as inspect_command
+    from ckpt_migrate.commands.scan import command as scan_command
+
+    stub = tmp_path / "[red]stub.pkl"
+    stub.write_bytes(b"\x80\x04" + P.stack_global("mod", "Thing[/red]") + b")\x81.")
+    evil = tmp_path / "evil[bold].pkl"
+    evil.write_bytes(P.call_pickle("os", "system[/]", ["x"], 4, "STACK_GLOBAL"))
+    runner = CliRunner()
+    shown = runner.invoke(inspect_command, [str(stub)])
+    assert shown.exit_code == 0 and "mod.Thing[/red]" in shown.output and "[red]stub.pkl" in shown.output
+    scanned = runner.invoke(scan_command, [str(tmp_path)])
+    assert scanned.exit_code == 3, scanned.output
+    assert "internal error" not in scanned.output + scanned.stderr
+    assert "os.system[/]" in scanned.stdout and "evil[bold].pkl" in scanned.stdout

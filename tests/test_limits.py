@@ -335,3 +335,18 @@ def test_legacy_view_outside_its_root(tmp_path: Path) -> None:
     with pytest.raises(CorruptFileError) as raised:
         api.load(path)
     assert "exceeds its root storage" in str(raised.value)
+
+
+@pytest.mark.parametrize("position", ["magic", "version"])
+def test_legacy_header_values_of_any_type_are_a_clean_error(position: str) -> None:
+    """Found by the long fuzz run: a numpy array where torch's magic number or protocol version belongs."""
+    import pickle
+
+    import numpy as np
+
+    array = pickle.dumps(np.arange(3), protocol=2)
+    magic = b"\x80\x02\x8a\x0a" + P.MAGIC_BYTES + b"."
+    head = (magic + array) if position == "version" else (b"\x80\x02\x8a\x0a" + P.MAGIC_BYTES + b"0" + array[2:])
+    with pytest.raises(CorruptFileError) as raised:
+        nested_loader("n.pth", ReadOptions(), 1)(head + b"\x80\x02}.\x80\x02N.\x80\x02].")
+    assert "magic number" in str(raised.value) or "protocol version" in str(raised.value)

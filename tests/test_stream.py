@@ -358,37 +358,42 @@ def test_blocks_respect_their_limits() -> None:
 
 @pytest.mark.parametrize("disabled", [(), ("copy_file_range",), ("copy_file_range", "sendfile")])
 @pytest.mark.parametrize("src_offset, dst_offset", [(4096, 8192), (100, 8), (0, 4095)])
-def test_copy_range_kernel_and_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disabled: tuple[str, ...],
-                                        src_offset: int, dst_offset: int) -> None:
+@pytest.mark.parametrize("verify", [False, True])
+def test_copy_kernel_and_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disabled: tuple[str, ...],
+                                  src_offset: int, dst_offset: int, verify: bool) -> None:
+    monkeypatch.setattr(stream, "COPY_BUFFER_BYTES", 1000)
     for name in disabled:
         monkeypatch.setitem(stream._kernel_copy_ok, name, False)
     payload = np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes()
     (tmp_path / "src").write_bytes(b"s" * src_offset + payload)
-    out = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
+    fd = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
     try:
+        out = stream._Output(fd, str(tmp_path / "dst"), verify, "src")
         with open(tmp_path / "src", "rb") as handle:
-            stream._copy_range(handle.fileno(), src_offset, out, dst_offset, len(payload), "src", bytearray(1000))
+            out.copy(handle.fileno(), src_offset, dst_offset, len(payload), "src", "t")
+            with pytest.raises(CorruptFileError, match="truncated"):
+                out.copy(handle.fileno(), src_offset, 50000, len(payload) + 5, "src", "t")
     finally:
-        os.close(out)
-    assert (tmp_path / "dst").read_bytes()[dst_offset:] == payload
-    with open(tmp_path / "src", "rb") as handle, pytest.raises(CorruptFileError, match="truncated"):
-        stream._copy_range(handle.fileno(), src_offset, os.open(tmp_path / "dst2", os.O_WRONLY | os.O_CREAT), 0, len(payload) + 5, "src", bytearray(1000))
+        os.close(fd)
+    assert (tmp_path / "dst").read_bytes()[dst_offset: dst_offset + len(payload)] == payload
 
 
-def test_verifying_thread_names_the_tensor_written_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_back_names_the_tensor_written_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = save({"a": torch.arange(64.0), "b": torch.arange(10.0)}, tmp_path / "s.pt", "zip")
     plan = stream.plan_stream(api.load(str(src)).tensors, {})
-    honest = stream._write_entry
+    honest = stream._pwrite_all
 
-    def sloppy(entry, position, out, files, buffer):
-        honest(entry, position, out, files, buffer)
-        if entry.name == "b":
-            os.pwrite(out, b"\xff", position + 5)
+    def sloppy(fd, view, offset):
+        honest(fd, view, offset)
+        if len(view) == 40:
+            honest(fd, memoryview(b"\xff"), offset + 5)
 
-    monkeypatch.setattr(stream, "_write_entry", sloppy)
+    monkeypatch.setattr(stream, "_pwrite_all", sloppy)
     with pytest.raises(VerificationError, match="tensor 'b'"):
         stream.write_stream(plan, str(tmp_path / "o.safetensors"), verify_source="s.pt")
     stream.write_stream(plan, str(tmp_path / "unchecked.safetensors"))
+    with pytest.raises(VerificationError, match="tensor 'b'"):
+        stream.verify_stream(plan, str(tmp_path / "unchecked.safetensors"), "s.pt")
 
 
 def planned(tmp_path: Path) -> tuple[stream.StreamPlan, Path]:

@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from .common import console, emit_json, handle_errors, read_options
 from .convert import human_size
@@ -24,7 +25,7 @@ def render_globals(out: Any, globals_: list[dict]) -> None:
     table.add_column("reason")
     for entry in globals_:
         style = VERDICT_STYLE.get(entry["verdict"], "")
-        table.add_row(entry["name"], f"[{style}]{entry['verdict']}[/{style}]", str(entry.get("offset") or ""), entry.get("reason") or "")
+        table.add_row(escape(entry["name"]), f"[{style}]{entry['verdict']}[/{style}]", str(entry.get("offset") or ""), escape(entry.get("reason") or ""))
     out.print(table)
 
 
@@ -51,14 +52,14 @@ def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tu
         emit_json(report)
         sys.exit(code)
     out = console()
-    out.print(f"[bold]{src}[/bold]")
+    out.print(f"[bold]{escape(src)}[/bold]")
     out.print(f"  format: {report['format']}   kind: {report['kind']}   reader: {report['reader']}")
     if report.get("selected"):
-        out.print(f"  weights from: {', '.join(report['selected'])}")
+        out.print(f"  weights from: {escape(', '.join(map(str, report['selected'])))}")
     if report.get("classes"):
-        out.print(f"  classes: {', '.join(report['classes'][:8])}{' …' if len(report['classes']) > 8 else ''}")
+        out.print(f"  classes: {escape(', '.join(report['classes'][:8]))}{' …' if len(report['classes']) > 8 else ''}")
     if report.get("error"):
-        out.print(f"  [yellow]{report['error']}[/yellow]")
+        out.print(f"  [yellow]{escape(report['error'])}[/yellow]")
     tensors = report.get("tensors", [])
     if tensors:
         out.print(f"  tensors: {len(tensors)}, {human_size(report.get('total_bytes', 0))}")
@@ -66,7 +67,7 @@ def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tu
         for column in ("name", "dtype", "shape", "bytes"):
             table.add_column(column, justify="right" if column == "bytes" else "left")
         for row in tensors[: limit or None]:
-            table.add_row(row["name"], row["dtype"] + (f" ({row['quantized']})" if row.get("quantized") else ""), str(row["shape"]), human_size(row["bytes"]))
+            table.add_row(escape(row["name"]), row["dtype"] + (f" ({row['quantized']})" if row.get("quantized") else ""), str(row["shape"]), human_size(row["bytes"]))
         out.print(table)
         if limit and len(tensors) > limit:
             out.print(f"  … {len(tensors) - limit} more (--limit 0 shows all)")

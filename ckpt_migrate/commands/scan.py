@@ -13,7 +13,11 @@ VERDICT_STYLE = {"clean": "green", "refused": "bold red", "error": "red", "skipp
 
 
 def render(out: Any, report: Any) -> None:
-    """A table of files and verdicts, then each refused file's refused globals."""
+    """A table of files and verdicts, then each refused file's refused globals.
+
+    Every name and path comes from untrusted files, so it is escaped, never read as rich markup.
+    """
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="ckpt-migrate scan", title_justify="left")
@@ -25,21 +29,21 @@ def render(out: Any, report: Any) -> None:
         reason = ", ".join(g.name for g in found.refused) if found.refused else found.error or ""
         if found.verdict == "skipped":
             reason = (found.message or "").split(": skipped: ", 1)[-1]
-        table.add_row(found.path, found.format or "-", f"[{style}]{found.verdict}[/{style}]", str(counts["allowed"]),
-                      str(counts["stub"]), str(counts["refused"]), reason)
+        table.add_row(escape(found.path), escape(found.format or "-"), f"[{style}]{found.verdict}[/{style}]", str(counts["allowed"]),
+                      str(counts["stub"]), str(counts["refused"]), escape(reason))
     out.print(table)
     for found in report.files:
         if not found.refused:
             continue
-        detail = Table(title=f"refused in {found.path}", title_justify="left", show_edge=False)
+        detail = Table(title=f"refused in {escape(found.path)}", title_justify="left", show_edge=False)
         for column in ("global", "offset", "where", "why"):
             detail.add_column(column, overflow="fold")
         for entry in found.refused:
-            detail.add_row(entry.name, "" if entry.offset is None else str(entry.offset), entry.where, entry.reason)
+            detail.add_row(escape(entry.name), "" if entry.offset is None else str(entry.offset), escape(entry.where), escape(entry.reason))
         out.print(detail)
     for found in report.files:
         for note in found.notes:
-            out.print(f"[dim]note: {found.path}: {note}[/dim]", markup=True)
+            out.print(f"[dim]note: {escape(found.path)}: {escape(note)}[/dim]")
     summary = report.summary()
     out.print(f"{summary['files']} file(s): {summary['clean']} clean, {summary['refused']} refused, "
               f"{summary['error']} unreadable, {summary['skipped']} skipped")

@@ -1,12 +1,14 @@
 """The streaming safetensors path: plan the header from tensor references, copy byte ranges, verify by comparison.
 
 Torch-free. It applies when every tensor of a checkpoint is a :class:`TensorRef` whose bytes lie in a
-local file or an in-memory buffer, or a dtype cast of one. A contiguous little-endian tensor is
-copied by the kernel (``os.copy_file_range``, else ``os.sendfile``, else bounded ``pread``/``pwrite``);
-a strided view is gathered, a big-endian storage byte-swapped and a cast computed chunk by chunk
-with numpy, each through bounded buffers, so memory stays constant whatever the file size.
-Verification reads the output back and compares every tensor's bytes with its source, chunk by
-chunk, and parses the header again with the strict reader of :mod:`.safetensors_`.
+local file or an in-memory buffer, or a dtype cast of one. A contiguous little-endian tensor is one
+byte range: copied through a few cache-sized buffers, or by the kernel (``os.copy_file_range``,
+else ``os.sendfile``) when source and destination share their offset within a page and nothing
+needs the bytes in user space. A strided view is gathered, a big-endian storage byte-swapped and a
+cast computed chunk by chunk with numpy. Memory stays constant whatever the file size.
+Verification reads every written piece back (on a second thread, overlapping the copy) and compares
+it with the bytes it came from, then parses the header again with the strict reader of
+:mod:`.safetensors_`; :func:`verify_stream` does the same as a separate full pass.
 
 Anything it cannot reproduce bit for bit (derived tensors other than casts, remote sources, types
 safetensors lacks, a cast meeting NaNs whose bit patterns torch chooses per kernel) raises
@@ -31,7 +33,8 @@ from ..errors import CorruptFileError, VerificationError
 
 CHUNK_BYTES = 8 << 20
 WINDOW_BYTES = 32 << 20
-COPY_BUFFER_BYTES = 512 << 10
+COPY_BUFFER_BYTES = 1 << 20
+VERIFY_BUFFERS = 4
 KERNEL_COPY_MAX = 1 << 30
 PAGE = mmap.PAGESIZE
 CASTABLE = ("float64", "float32", "float16", "bfloat16")
@@ -212,35 +215,30 @@ def _kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, len
     return -1
 
 
-def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int, name: str, buffer: bytearray) -> None:
-    """Copy ``length`` bytes between files.
-
-    Ranges at the same offset within a page are copied by the kernel; others go through
-    ``buffer`` (sized to stay in a core's cache), which measured faster than the kernel's copy
-    of misaligned ranges, and is the fallback where no kernel copy exists.
-
-    Raises:
-        CorruptFileError: the source ends early.
-    """
-    while length > 0:
-        count = -1
-        if (src_offset - dst_offset) % PAGE == 0:
-            count = _kernel_copy(src_fd, src_offset, dst_fd, dst_offset, min(length, KERNEL_COPY_MAX))
-        if count < 0:
-            view = memoryview(buffer)[: min(length, len(buffer))]
-            count = os.preadv(src_fd, [view], src_offset)
-            _pwrite_all(dst_fd, view[:count], dst_offset)
-        if count == 0:
-            raise CorruptFileError(f"file ends at byte {src_offset}, {length} bytes before the end of a tensor (truncated)", path=name)
-        src_offset += count
-        dst_offset += count
-        length -= count
-
-
 def _uint(width: int) -> Any:
     import numpy
 
     return numpy.dtype(f"<u{width}")
+
+
+def _rows_per_piece(shape: tuple[int, ...], stride: tuple[int, ...], out_limit: int, window_limit: float) -> tuple[int, int, int | None]:
+    """How :func:`_blocks` cuts a view: ``(numel, span, rows)``.
+
+    ``rows`` is ``None`` when the whole view is one piece, else how many leading rows fit a piece
+    (0 when one row must itself be cut). ``span`` is the storage elements the view reaches over.
+    """
+    numel = 1
+    for size in shape:
+        numel *= size
+    span = 1 + sum((size - 1) * step for size, step in zip(shape, stride)) if numel else 0
+    if not shape or (numel <= out_limit and span <= window_limit):
+        return numel, span, None
+    row_numel = numel // shape[0]
+    row_span = 1 + sum((size - 1) * s for size, s in zip(shape[1:], stride[1:]))
+    rows = out_limit // row_numel if row_numel else shape[0]
+    if stride[0]:
+        rows = min(rows, int((window_limit - row_span) // stride[0]) + 1 if window_limit >= row_span else 0)
+    return numel, span, rows
 
 
 def _blocks(shape: tuple[int, ...], stride: tuple[int, ...], base: int, out_limit: int, window_limit: float) -> Iterator[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
@@ -249,51 +247,31 @@ def _blocks(shape: tuple[int, ...], stride: tuple[int, ...], base: int, out_limi
     Each piece's output fits ``out_limit`` elements and the storage window it reads fits
     ``window_limit`` elements, except a single element (always one piece).
     """
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel, span, rows = _rows_per_piece(shape, stride, out_limit, window_limit)
     if numel == 0:
         return
-    span = 1 + sum((size - 1) * step for size, step in zip(shape, stride))
-    if not shape or (numel <= out_limit and span <= window_limit):
+    if rows is None:
         yield base, span, shape, stride
         return
-    rows, step = shape[0], stride[0]
-    rest_shape, rest_stride = shape[1:], stride[1:]
-    row_numel = numel // rows
-    row_span = 1 + sum((size - 1) * s for size, s in zip(rest_shape, rest_stride))
-    per_block = out_limit // row_numel if row_numel else rows
-    if step:
-        per_block = min(per_block, int((window_limit - row_span) // step) + 1 if window_limit >= row_span else 0)
-    if per_block >= 1:
-        for first in range(0, rows, per_block):
-            count = min(per_block, rows - first)
-            yield base + first * step, (count - 1) * step + row_span, (count,) + rest_shape, stride
+    row_span = 1 + sum((size - 1) * s for size, s in zip(shape[1:], stride[1:]))
+    if rows >= 1:
+        for first in range(0, shape[0], rows):
+            count = min(rows, shape[0] - first)
+            yield base + first * stride[0], (count - 1) * stride[0] + row_span, (count,) + shape[1:], stride
         return
-    for index in range(rows):
-        yield from _blocks(rest_shape, rest_stride, base + index * step, out_limit, window_limit)
+    for index in range(shape[0]):
+        yield from _blocks(shape[1:], stride[1:], base + index * stride[0], out_limit, window_limit)
 
 
 def _read_cost(shape: tuple[int, ...], stride: tuple[int, ...], out_limit: int, window_limit: int) -> int:
-    """Elements :func:`_blocks` would read for a view (an upper bound, computed without iterating)."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    if numel == 0:
-        return 0
-    span = 1 + sum((size - 1) * step for size, step in zip(shape, stride))
-    if not shape or (numel <= out_limit and span <= window_limit):
+    """Storage elements :func:`_blocks` would read for a view (an upper bound, computed without iterating)."""
+    numel, span, rows = _rows_per_piece(shape, stride, out_limit, window_limit)
+    if numel == 0 or rows is None:
         return span
-    rows, step = shape[0], stride[0]
-    row_numel = numel // rows
     row_span = 1 + sum((size - 1) * s for size, s in zip(shape[1:], stride[1:]))
-    per_block = out_limit // row_numel if row_numel else rows
-    if step:
-        per_block = min(per_block, (window_limit - row_span) // step + 1 if window_limit >= row_span else 0)
-    if per_block >= 1:
-        blocks = -(-rows // per_block)
-        return blocks * ((per_block - 1) * step + row_span)
-    return rows * _read_cost(shape[1:], stride[1:], out_limit, window_limit)
+    if rows >= 1:
+        return -(-shape[0] // rows) * ((rows - 1) * stride[0] + row_span)
+    return shape[0] * _read_cost(shape[1:], stride[1:], out_limit, window_limit)
 
 
 def _gathered(ref: TensorRef, files: _Files) -> Iterator[Any]:
@@ -312,8 +290,7 @@ def _gathered(ref: TensorRef, files: _Files) -> Iterator[Any]:
     source = ref.storage.source
     out_limit = max(1, CHUNK_BYTES // width)
     window_limit = max(1, WINDOW_BYTES // width)
-    numel = ref.numel
-    span = 1 + sum((size - 1) * step for size, step in zip(ref.shape, ref.stride)) if numel else 0
+    numel, span, _ = _rows_per_piece(ref.shape, ref.stride, out_limit, window_limit)
     mapped: Any = None
     if numel and _read_cost(ref.shape, ref.stride, out_limit, window_limit) > 2 * max(span, numel):
         window_limit = span
@@ -394,17 +371,125 @@ def _source_start(entry: Entry) -> int:
     return entry.ref.storage.source.offset + entry.ref.offset * entry.ref.dtype.itemsize
 
 
-def _write_entry(entry: Entry, position: int, out: int, files: _Files, buffer: bytearray) -> None:
+class _Output:
+    """The file being written, through a few cache-sized buffers.
+
+    When verifying, a second thread reads every written piece back and compares it with the
+    buffer it was written from while the next piece is copied (the buffers rotate between them),
+    so verification overlaps the copy instead of following it.
+    """
+
+    def __init__(self, fd: int, path: str, verify: bool, label: str) -> None:
+        self.fd, self.path, self.label = fd, path, label
+        self.free: "queue.SimpleQueue[bytearray]" = queue.SimpleQueue()
+        for _ in range(VERIFY_BUFFERS if verify else 1):
+            self.free.put(bytearray(COPY_BUFFER_BYTES))
+        self.failure: BaseException | None = None
+        self.pending: "queue.SimpleQueue[tuple[bytearray, int, int, str] | None] | None" = None
+        self.checker: threading.Thread | None = None
+        if verify:
+            self.pending = queue.SimpleQueue()
+            self.checker = threading.Thread(target=self._check_pieces, args=(self.pending,), name="ckpt-migrate-verify", daemon=True)
+            self.checker.start()
+
+    def _check_pieces(self, pending: "queue.SimpleQueue[tuple[bytearray, int, int, str] | None]") -> None:
+        check = bytearray(COPY_BUFFER_BYTES)
+        while (item := pending.get()) is not None:
+            buffer, count, position, name = item
+            try:
+                if self.failure is None:
+                    _pread_into(self.fd, memoryview(check)[:count], position, self.path)
+                    if count < len(buffer):
+                        memoryview(check)[count:] = memoryview(buffer)[count:]
+                    if check != buffer:
+                        self.failure = VerificationError(f"tensor {name!r} read back from the output differs from the source", path=self.label)
+            except BaseException as error:  # noqa: BLE001 - handed to the writing thread
+                self.failure = error
+            self.free.put(buffer)
+
+    def _take(self) -> bytearray:
+        buffer = self.free.get()
+        if self.failure is not None:
+            self.free.put(buffer)
+            raise self.failure
+        return buffer
+
+    def _send(self, buffer: bytearray, count: int, position: int, name: str) -> None:
+        _pwrite_all(self.fd, memoryview(buffer)[:count], position)
+        if self.pending is None:
+            self.free.put(buffer)
+        else:
+            self.pending.put((buffer, count, position, name))
+
+    def put(self, data: memoryview, position: int, name: str) -> None:
+        """Write bytes held in memory at ``position`` (through the buffers when verifying).
+
+        Raises:
+            VerificationError: an earlier piece read back differently.
+        """
+        if self.pending is None:
+            _pwrite_all(self.fd, data, position)
+            return
+        for done in range(0, len(data), COPY_BUFFER_BYTES):
+            count = min(len(data) - done, COPY_BUFFER_BYTES)
+            buffer = self._take()
+            memoryview(buffer)[:count] = data[done: done + count]
+            self._send(buffer, count, position + done, name)
+
+    def copy(self, src_fd: int, src_offset: int, position: int, length: int, source_name: str, name: str) -> None:
+        """Copy a source range to ``position``.
+
+        Without verification, ranges at the same offset within a page are copied by the kernel;
+        the rest (and everything when verifying) goes through the cache-sized buffers, which
+        measured faster than the kernel's copy of misaligned ranges and lets each piece be read
+        back while it is still in cache.
+
+        Raises:
+            CorruptFileError: the source ends early.
+            VerificationError: an earlier piece read back differently.
+        """
+        while length > 0:
+            count = -1
+            if self.pending is None and (src_offset - position) % PAGE == 0:
+                count = _kernel_copy(src_fd, src_offset, self.fd, position, min(length, KERNEL_COPY_MAX))
+            if count < 0:
+                buffer = self._take()
+                count = os.preadv(src_fd, [memoryview(buffer)[: min(length, len(buffer))]], src_offset)
+                if count:
+                    self._send(buffer, count, position, name)
+                else:
+                    self.free.put(buffer)
+            if count == 0:
+                raise CorruptFileError(f"file ends at byte {src_offset}, {length} bytes before the end of tensor {name!r} (truncated)", path=source_name)
+            src_offset += count
+            position += count
+            length -= count
+
+    def close(self) -> None:
+        """Wait for the pieces still being checked; raise the first failure.
+
+        Raises:
+            VerificationError: a piece read back differently.
+        """
+        if self.checker is not None and self.pending is not None:
+            self.pending.put(None)
+            self.checker.join()
+            self.checker = None
+        if self.failure is not None:
+            raise self.failure
+
+
+def _write_entry(entry: Entry, position: int, out: _Output, files: _Files) -> None:
     source = entry.ref.storage.source
     length = entry.end - entry.begin
     if entry.raw and source.buffer is None:
-        _copy_range(files.fd(source), _source_start(entry), out, position, length, source.name, buffer)
+        out.copy(files.fd(source), _source_start(entry), position, length, source.name, entry.name)
     elif entry.raw:
         start = _source_start(entry)
-        _pwrite_all(out, memoryview(source.buffer)[start: start + length], position)
+        out.put(memoryview(source.buffer)[start: start + length], position, entry.name)
     else:
         for chunk in entry_chunks(entry, files):
-            _pwrite_all(out, memoryview(chunk), position)
+            out.put(memoryview(chunk), position, entry.name)
             position += chunk.nbytes
 
 
@@ -438,84 +523,36 @@ def _entry_matches(entry: Entry, position: int, out: int, files: _Files, buffers
     return True
 
 
-class _Verifier:
-    """Compares each written tensor with its source on a second thread while the next ones are written."""
-
-    def __init__(self, plan: StreamPlan, path: str, source: str) -> None:
-        self.plan, self.path, self.source = plan, path, source
-        self.queue: "queue.SimpleQueue[Entry | None]" = queue.SimpleQueue()
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="ckpt-migrate-verify", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        buffers = (bytearray(COPY_BUFFER_BYTES), bytearray(COPY_BUFFER_BYTES))
-        try:
-            out = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            try:
-                with _Files() as files:
-                    while (entry := self.queue.get()) is not None:
-                        if self.failure is None and not _entry_matches(entry, self.plan.data_start + entry.begin, out, files, buffers, self.path):
-                            self.failure = VerificationError(f"tensor {entry.name!r} read back from the output differs from the source", path=self.source)
-            finally:
-                os.close(out)
-        except BaseException as error:  # noqa: BLE001 - handed to the writing thread by finish()
-            self.failure = error
-            while self.queue.get() is not None:
-                pass
-
-    def submit(self, entry: Entry) -> None:
-        """Queue a written tensor; raise at once if an earlier one already failed."""
-        if self.failure is not None:
-            raise self.failure
-        self.queue.put(entry)
-
-    def finish(self) -> None:
-        """Wait for the queued tensors and raise the first failure.
-
-        Raises:
-            VerificationError: a tensor differs from its source.
-        """
-        self.queue.put(None)
-        self.thread.join()
-        if self.failure is not None:
-            raise self.failure
-
-
 def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None) -> None:
     """Write the planned file at ``path`` (created or truncated), tensor by tensor in data order.
 
-    With ``verify_source`` (the name errors give), each tensor is compared with its source on a
-    second thread as soon as it is written, then the size and header are checked: the same
-    checks as :func:`verify_stream`, overlapping the copy.
+    With ``verify_source`` (the name errors give), every piece is read back right after it is
+    written and compared with the source bytes it came from (on a second thread, overlapping
+    the copy), and the size and header are checked at the end; :func:`verify_stream` is the
+    same check as a separate full pass.
 
     Raises:
         CannotStream: a cast meets NaNs (the caller removes ``path`` and falls back).
         CorruptFileError: a source file ends early.
         VerificationError: the output differs from the plan or the sources.
     """
-    buffer = bytearray(COPY_BUFFER_BYTES)
-    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
-    verifier = None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+    out = _Output(fd, path, verify_source is not None, verify_source or path)
     try:
         with _Files() as files:
-            _pwrite_all(out, memoryview(plan.header), 0)
-            if verify_source is not None:
-                verifier = _Verifier(plan, path, verify_source)
+            _pwrite_all(fd, memoryview(plan.header), 0)
             for entry in plan.entries:
                 if entry.end > entry.begin:
-                    _write_entry(entry, plan.data_start + entry.begin, out, files, buffer)
-                    if verifier is not None:
-                        verifier.submit(entry)
+                    _write_entry(entry, plan.data_start + entry.begin, out, files)
+        out.close()
     finally:
-        os.close(out)
-        if verifier is not None and verifier.thread.is_alive():
-            verifier.queue.put(None)
-            verifier.thread.join()
-    if verifier is not None:
-        if verifier.failure is not None:
-            raise verifier.failure
-        _check_file(plan, path, verify_source or path)
+        try:
+            out.close()
+        except BaseException:  # noqa: BLE001 - the error already propagating wins
+            pass
+        os.close(fd)
+    if verify_source is not None:
+        _check_file(plan, path, verify_source)
 
 
 def _check_file(plan: StreamPlan, path: str, source: str) -> None:

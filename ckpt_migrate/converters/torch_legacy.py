@@ -121,17 +121,20 @@ class LegacyParse:
             root, meta = self._run()
         except CkptMigrateError as error:
             raise settle(error, self.uses, self.name) from None
+        except Exception as error:  # noqa: BLE001 - hostile values reach our own checks; any failure is a malformed file
+            corrupt = CorruptFileError(f"malformed legacy layout: {type(error).__name__}: {error}"[:500], path=self.name)
+            raise settle(corrupt, self.uses, self.name) from None
         if any(u.verdict == "refused" for u in self.uses.values()) and not self.options.collect_only:
             raise refusal_error(self.uses, self.name)
         return root, meta
 
     def _run(self) -> tuple[Any, dict]:
         magic, pos = self._pickle(0)
-        if magic != MAGIC_NUMBER or isinstance(magic, bool):
+        if type(magic) is not int or magic != MAGIC_NUMBER:
             raise CorruptFileError("the file starts like a torch legacy file but its first pickle is not torch's magic number", path=self.name)
         version, pos = self._pickle(pos)
-        if version != PROTOCOL_VERSION:
-            raise CorruptFileError(f"legacy protocol version {version!r}, expected {PROTOCOL_VERSION}", path=self.name)
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            raise CorruptFileError(f"legacy protocol version {version!r:.80}, expected {PROTOCOL_VERSION}", path=self.name)
         sys_info, pos = self._pickle(pos)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             self.byteorder = "big"

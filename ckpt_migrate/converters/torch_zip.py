@@ -6,6 +6,7 @@ each becomes a :class:`ByteSource` range inside the zip file (entries are stored
 
 from __future__ import annotations
 
+import collections
 import io
 import struct
 import zipfile
@@ -65,7 +66,7 @@ class TorchZipArchive:
             self.close()
             raise CorruptFileError(f"zip entry name climbs out of the archive (zip slip), refused and never written: {climbing[0]!r}", path=source.name)
         if len(set(names)) != len(names):
-            duplicate = next(n for n in names if names.count(n) > 1)
+            duplicate = next(n for n, count in collections.Counter(names).items() if count > 1)
             self.close()
             raise CorruptFileError(f"zip entry {duplicate!r} appears more than once; readers could disagree on which to use", path=source.name)
         lying = [i.filename for i in self.zip.infolist() if i.compress_type == zipfile.ZIP_STORED and i.compress_size != i.file_size]

@@ -93,10 +93,14 @@ def _need(data: memoryview, pos: int, size: int) -> memoryview:
 
 
 def _line(data: memoryview, pos: int) -> tuple[bytes, int]:
-    end = bytes(data[pos: pos + _MAX_LINE]).find(b"\n")
-    if end < 0:
-        raise _Malformed(f"unterminated text argument at byte {pos}")
-    return bytes(data[pos: pos + end]), pos + end + 1
+    size = 64
+    while True:
+        end = bytes(data[pos: pos + size]).find(b"\n")
+        if end >= 0:
+            return bytes(data[pos: pos + end]), pos + end + 1
+        if size >= _MAX_LINE or pos + size >= len(data):
+            raise _Malformed(f"unterminated text argument at byte {pos}")
+        size = min(size * 8, _MAX_LINE)
 
 
 def _text(op_name: str, raw: Any) -> str | None:

@@ -29,6 +29,8 @@ from .stubs import AllowedCall, GlobalRef, PickledOrderedDict, RefusedCall, Stub
 PersistentLoad = Callable[[Any], Any]
 
 _HASH_MODULUS = sys.hash_info.modulus
+_MAX_LONG_BYTES = 1785
+"""The largest LONG4 whose integer Python can still print (4300 decimal digits)."""
 _RANK = {"allowed": 0, "stub": 1, "refused": 2}
 
 
@@ -88,7 +90,9 @@ def merge_uses(into: dict[str, GlobalUse], uses: Iterable[GlobalUse], where: str
 def refusal_error(uses: dict[str, GlobalUse], path: str | None, cause: CkptMigrateError | None = None) -> UnsafeFileError:
     """The :class:`UnsafeFileError` for the refused globals in ``uses``, carrying all of them as ``globals``."""
     refused = [u for u in uses.values() if u.verdict == "refused"]
-    details = "; ".join(f"{u.name} at byte {u.offset}{f' in {u.where}' if u.where else ''} ({u.reason})" for u in refused)
+    details = "; ".join(f"{u.name} at byte {u.offset}{f' in {u.where}' if u.where else ''} ({u.reason})" for u in refused[:5])
+    if len(refused) > 5:
+        details += f"; and {len(refused) - 5} more ({', '.join(u.name for u in refused[5:20])}{', …' if len(refused) > 20 else ''})"
     message = f"refused: {details}"
     if cause is not None:
         message += f"; the file is also malformed: {cause.message}"
@@ -220,11 +224,11 @@ class Interpreter:
         return chunk
 
     def _readline(self) -> bytes:
-        end = bytes(self.data[self.pos: self.pos + 65536]).find(b"\n")
+        end = find_newline(self.data, self.pos)
         if end < 0:
             raise CorruptFileError(f"unterminated text opcode at byte {self.pos}", path=self.path)
-        line = bytes(self.data[self.pos: self.pos + end])
-        self.pos += end + 1
+        line = bytes(self.data[self.pos: end])
+        self.pos = end + 1
         return line
 
     def _push(self, value: Any) -> None:
@@ -439,6 +443,21 @@ class Interpreter:
             op(self)
 
 
+def find_newline(data: memoryview, pos: int, limit: int = 65536) -> int:
+    """The index of the next newline within ``limit`` bytes of ``pos``, or -1.
+
+    The window grows geometrically, so a text opcode costs what its line costs, not ``limit``.
+    """
+    size = 64
+    while True:
+        index = bytes(data[pos: pos + size]).find(b"\n")
+        if index >= 0:
+            return pos + index
+        if size >= limit or pos + size >= len(data):
+            return -1
+        size = min(size * 8, limit)
+
+
 def resolve_name(module: str, name: str, proto: int) -> tuple[str, str]:
     """The module and name a global means: Python 2 names mapped as pickle maps them, dotted names split.
 
@@ -602,8 +621,8 @@ def _op_long1(vm: Interpreter) -> None:
 
 def _op_long4(vm: Interpreter) -> None:
     size = struct.unpack("<i", vm._read(4))[0]
-    if size < 0 or size > 1 << 16:
-        raise LimitExceededError(f"LONG4 of {size} bytes", path=vm.path)
+    if size < 0 or size > _MAX_LONG_BYTES:
+        raise LimitExceededError(f"LONG4 of {size} bytes (an integer of more than 4300 digits)", path=vm.path)
     vm._push(int.from_bytes(vm._read(size), "little", signed=True))
 
 
