@@ -33,5 +33,8 @@ bench: install
 signatures: install
 	$(PY) ckpt_migrate/architectures/build_index.py
 
+fuzz: install
+	$(PY) fuzz/fuzz_interpreter.py --seconds 600
+
 clean:
 	rm -rf $(DEMO_DIR) build *.egg-info

@@ -43,6 +43,8 @@ def command(src: str, dst: str, to: str | None, schemas: tuple[str, ...], strict
     The output is written under a temporary name and renamed into place only after it reads back
     equal to the source.
     """
+    from rich.markup import escape
+
     from ..api import convert
 
     kwargs = None
@@ -67,7 +69,7 @@ def command(src: str, dst: str, to: str | None, schemas: tuple[str, ...], strict
     check = "verified bit-exact" if result.report.verified else "NOT verified (--no-verify)"
     if "max_abs_diff" in result.report.details:
         check = f"verified with onnxruntime, max abs diff {result.report.details['max_abs_diff']:.3g}"
-    out.print(f"[green]✓[/green] {src} → {', '.join(result.report.outputs)}")
+    out.print(f"[green]✓[/green] {escape(src)} → {escape(', '.join(result.report.outputs))}")
     out.print(f"  {result.checkpoint.meta.get('reader')} ({result.checkpoint.kind}) → {result.writer}: "
               f"{result.report.tensors} tensors, {human_size(result.report.bytes)}, {check}")
     details = result.report.details
@@ -79,6 +81,6 @@ def command(src: str, dst: str, to: str | None, schemas: tuple[str, ...], strict
         for note in details.get("notes", []):
             out.print(f"  note: {note}", markup=False)
     if result.checkpoint.meta.get("schemas"):
-        out.print(f"  schemas applied: {', '.join(result.checkpoint.meta['schemas'])}")
+        out.print(f"  schemas applied: {', '.join(result.checkpoint.meta['schemas'])}", markup=False)
     for warning in result.checkpoint.meta.get("warnings", []):
-        out.print(f"  [yellow]warning:[/yellow] {warning}")
+        out.print(f"  [yellow]warning:[/yellow] {escape(str(warning))}")
