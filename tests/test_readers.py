@@ -269,13 +269,31 @@ def test_existing_output_needs_force(fixture_dir: Path, tmp_path: Path) -> None:
     assert len(load_file(str(dst))) == 10
 
 
-def test_failed_verification_leaves_nothing(fixture_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_verification_leaves_nothing_general_path(fixture_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ckpt_migrate.converters import safetensors_writer
 
     monkeypatch.setattr(safetensors_writer, "bytes_equal", lambda a, b: False)
     dst = tmp_path / "out.safetensors"
     with pytest.raises(ckpt_migrate.errors.VerificationError):
-        convert(fixture_dir / "models" / "lenet_state_dict.pth", dst)
+        convert(fixture_dir / "models" / "lenet_state_dict.pth", dst, stream=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_verification_leaves_nothing_stream_path(fixture_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckpt_migrate.converters import stream
+
+    real_write = stream._pwrite_all
+
+    def corrupting_write(fd: int, view: memoryview, offset: int) -> None:
+        data = bytearray(view)
+        if len(data) > 64:
+            data[-1] ^= 0xFF
+        real_write(fd, memoryview(data), offset)
+
+    monkeypatch.setattr(stream, "_pwrite_all", corrupting_write)
+    dst = tmp_path / "out.safetensors"
+    with pytest.raises(ckpt_migrate.errors.VerificationError):
+        convert(fixture_dir / "models" / "lenet_state_dict.pth", dst, stream=True)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from ckpt_migrate import api, dtypes
-from ckpt_migrate.checkpoint import ByteSource, Checkpoint, DerivedTensor, StorageRef, TensorRef
+from ckpt_migrate.checkpoint import ByteSource, StorageRef, TensorRef
 from ckpt_migrate.converters import stream
 from ckpt_migrate.converters.base import ReadOptions
 from ckpt_migrate.converters.safetensors_writer import write_tensors
@@ -177,7 +177,8 @@ def test_layout_is_aligned_and_ties_are_written_under_every_name(tmp_path: Path,
     assert (8 + length) % 8 == 0
     header = json.loads(raw[8: 8 + length])
     metadata = header.pop("__metadata__")
-    assert metadata["source"] == str(src) and metadata["reader"] == "torch-zip" and "source_sha256" not in metadata
+    assert metadata["source"] == str(src) and metadata["reader"] == "torch-zip"
+    assert metadata["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     for name, entry in header.items():
         begin, end = entry["data_offsets"]
         assert begin % dtypes.BY_SAFETENSORS[entry["dtype"]].itemsize == 0, name
@@ -186,12 +187,12 @@ def test_layout_is_aligned_and_ties_are_written_under_every_name(tmp_path: Path,
     assert_same(out["tied.a"], out["tied.b"], "tied")
 
 
-def test_source_sha256_only_when_asked_and_then_by_both_paths(tmp_path: Path) -> None:
+def test_source_sha256_by_default_by_both_paths_and_off_when_asked(tmp_path: Path) -> None:
     src = save({"w": torch.arange(12.0).reshape(3, 4)}, tmp_path / "s.pt", "zip")
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     from safetensors import safe_open
 
-    plain = api.convert(str(src), str(tmp_path / "plain.safetensors"))
+    plain = api.convert(str(src), str(tmp_path / "plain.safetensors"), source_hash=False)
     assert plain.checkpoint.meta["source_sha256"] is None
     with safe_open(str(tmp_path / "plain.safetensors"), framework="pt") as handle:
         assert "source_sha256" not in handle.metadata()

@@ -237,7 +237,7 @@ class SafetensorsWriter(Writer):
             return write_sharded(checkpoint, dst, options)
         if dst.endswith(os.sep) or os.path.isdir(dst):
             raise UsageError("is a folder; a single safetensors file needs a file name (or pass --max-shard-size for shards)", path=dst)
-        digest = SourceDigest(checkpoint, bool(options.extra.get("source_hash")))
+        digest = SourceDigest(checkpoint, bool(options.extra.get("source_hash", True)))
         metadata = digest.metadata(checkpoint)
         source = str(checkpoint.meta.get("source", dst))
         with atomic_path(dst, options.force) as tmp:

@@ -159,7 +159,7 @@ def write_sharded(checkpoint: Checkpoint, dst: str, options: WriteOptions) -> Wr
     stale = _check_folder_destination(dst, options.force)
     split = plan_shards(checkpoint.tensors, max_bytes)
     source = str(checkpoint.meta.get("source", dst))
-    digest = SourceDigest(checkpoint, bool(options.extra.get("source_hash")))
+    digest = SourceDigest(checkpoint, bool(options.extra.get("source_hash", True)))
     metadata = digest.metadata(checkpoint)
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
