@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 from typing import Any, Callable
@@ -53,7 +54,8 @@ def console() -> Any:
     """A rich console on stdout."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 150
+    return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def read_options(func: Callable[..., Any]) -> Callable[..., Any]:
