@@ -121,7 +121,8 @@ def pipelines(fmt: str, selected: Sequence[str]) -> dict[str, list[str]]:
     table = {
         "cp": ["cp"],
         "ckpt-migrate": [sys.executable, "-m", "ckpt_migrate", "convert", "--force"],
-        "no-verify": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--no-verify"],
+        "no-hash": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--no-source-hash"],
+        "no-verify": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--no-verify", "--no-source-hash"],
         "naive": [sys.executable, "-c", NAIVE.format(mmap=False)],
         "mmap": [sys.executable, "-c", NAIVE.format(mmap=True)],
     }
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="256MB", help="comma-separated sizes (default 256MB; e.g. 2GB,8GB)")
     parser.add_argument("--formats", default="zip,legacy", help="zip and/or legacy")
     parser.add_argument("--runs", type=int, default=3, help="rounds per pipeline (median reported)")
-    parser.add_argument("--pipelines", default="cp,ckpt-migrate,no-verify,naive,mmap", help="which pipelines to run")
+    parser.add_argument("--pipelines", default="cp,ckpt-migrate,no-hash,no-verify,naive,mmap", help="which pipelines to run")
     parser.add_argument("--workdir", default=None, help="folder for the files (default: a temporary folder)")
     parser.add_argument("--json", dest="json_path", help="also write the results to this JSON file")
     args = parser.parse_args(argv)

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
-from ..errors import UsageError
+from ..units import human_size
 from .common import console, emit_json, handle_errors, transform_options
-
-
-def human_size(count: int) -> str:
-    """Bytes as a short human string (1.2 MB)."""
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{count} B"
 
 
 @click.command("convert")
@@ -47,15 +36,9 @@ def command(src: str, dst: str, to: str | None, schemas: tuple[str, ...], strict
     from rich.markup import escape
 
     from ..api import convert
+    from ..targets import parse_arch_kwargs
 
-    kwargs = None
-    if arch_kwargs:
-        try:
-            kwargs = json.loads(arch_kwargs)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"--arch-kwargs is not valid JSON: {error}") from None
-        if not isinstance(kwargs, dict):
-            raise UsageError("--arch-kwargs must be a JSON object")
+    kwargs = parse_arch_kwargs(arch_kwargs) or None
     writer_options = {k: v for k, v in {
         "arch": arch, "arch_kwargs": kwargs, "trust_modules": list(trust_modules), "input_shape": input_shape,
         "opset": opset, "static": static, "atol": atol, "exporter": exporter,

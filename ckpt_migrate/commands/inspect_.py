@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from .common import console, emit_json, handle_errors, read_options
-from .convert import human_size
+from ..units import human_size
 
 VERDICT_STYLE = {"allowed": "green", "stub": "yellow", "refused": "bold red"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
@@ -38,16 +37,10 @@ def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, repor
     unsafe, 2 usage error.
     """
     from ..migrate import migrate
+    from ..targets import parse_arch_kwargs
     from ..migrate.progress import render_plan, render_summary, reporter_for
 
-    kwargs = None
-    if arch_kwargs:
-        try:
-            kwargs = json.loads(arch_kwargs)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"--arch-kwargs is not valid JSON: {error}") from None
-        if not isinstance(kwargs, dict):
-            raise UsageError("--arch-kwargs must be a JSON object")
+    kwargs = parse_arch_kwargs(arch_kwargs) or None
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
     report = migrate(

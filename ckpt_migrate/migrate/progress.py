@@ -9,17 +9,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Protocol
 
+from ..units import human_size
+
 STATUS_LABEL = {"done": "converted", "failed": "FAILED", "refused": "REFUSED"}
-
-
-def human_size(count: float) -> str:
-    """Bytes as a short human string (1.2 MB)."""
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{count} B"
 
 
 class Reporter(Protocol):

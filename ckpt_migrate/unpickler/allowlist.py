@@ -28,7 +28,7 @@ from .. import dtypes as _dtypes
 from ..checkpoint import ByteSource, StorageRef, TensorRef
 from ..errors import CkptMigrateError, CorruptFileError, LimitExceededError
 from .limits import DEFAULT_LIMITS, Limits
-from .stubs import AllowedCall, Device, GlobalRef, PickledOrderedDict, RefusedCall, StubObject, TorchMarker
+from .stubs import Device, GlobalRef, PickledOrderedDict, StubObject, TorchMarker
 
 Handler = Callable[["CallContext", tuple], Any]
 
@@ -396,7 +396,7 @@ def _codecs_encode(ctx: CallContext, args: tuple) -> bytes:
 
 
 def _reconstructor(ctx: CallContext, args: tuple) -> Any:
-    cls, base, state = args[0], _arg(args, 1), _arg(args, 2)
+    cls, state = args[0], _arg(args, 2)
     if not isinstance(cls, GlobalRef):
         raise CorruptFileError("copyreg._reconstructor without a class", path=ctx.path)
     factory = CLASSES.get(cls.dotted)
