@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from . import registry
-from .checkpoint import Checkpoint
+from .atomic import check_destination
+from .checkpoint import Checkpoint, GlobalVerdict
 from .converters.base import RawRead, ReadOptions, WriteOptions, WriteReport
-from .errors import CkptMigrateError, UsageError
-from .extract import extract
+from .errors import CkptMigrateError, SelectionError, UsageError
+from .extract import Extraction, extract
 from .plain import to_plain
 from .source import Source
 from .unpickler import DEFAULT_LIMITS, Limits
@@ -56,12 +57,7 @@ def load(
     path = os.fspath(src)
     raw, reader_name = read_raw(path, allow_calls=allow_calls, limits=limits)
     try:
-        if raw.tensors_only:
-            from .extract import Extraction
-
-            found = Extraction(raw.root, {}, "state_dict")
-        else:
-            found = extract(raw.root, select=select, ema=ema, fmt=raw.format)
+        found = extract_weights(raw, select=select, ema=ema)
     except CkptMigrateError as error:
         raise error.with_path(path)
     source = Source(path)
@@ -76,17 +72,31 @@ def load(
         "classes": found.classes,
         **raw.meta,
     }
-    verdicts = [use for use in raw.globals.values()]
-    from .checkpoint import GlobalVerdict
-
     return Checkpoint(
         tensors=found.tensors,
         extras=found.extras,
         meta=meta,
         format=raw.format,
         kind=found.kind,
-        globals=[GlobalVerdict(u.name, u.verdict, u.reason, u.offset) for u in verdicts],
+        globals=[GlobalVerdict(u.name, u.verdict, u.reason, u.offset) for u in raw.globals.values()],
     )
+
+
+def extract_weights(raw: RawRead, *, select: str | None = None, ema: bool = False) -> Extraction:
+    """The weights and extras of what a reader found (a safetensors-like reader's tensors as they are).
+
+    Raises:
+        SelectionError: no weights, ``select``/``ema`` find nothing, or an ambiguous bundle.
+    """
+    if raw.tensors_only:
+        return Extraction(raw.root, {}, "state_dict")
+    try:
+        return extract(raw.root, select=select, ema=ema, fmt=raw.format)
+    except SelectionError as error:
+        if raw.format == "pickle" and error.message.startswith("no weights found"):
+            error.message = f"a plain pickle, not a torch.save file, with {error.message}"
+            error.args = (error.message,)
+        raise
 
 
 @dataclass
@@ -167,10 +177,13 @@ def convert(
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.abspath(src) == os.path.abspath(dst):
         raise UsageError("the destination is the source; inputs are never modified", path=dst)
-    writer_name = to or (registry.writer_for_destination(dst) if not (max_shard_size and not dst.endswith(".safetensors")) else "safetensors")
+    if to:
+        writer_name = to
+    elif max_shard_size:
+        writer_name = "safetensors"
+    else:
+        writer_name = registry.writer_for_destination(dst)
     writer = registry.get_writer(writer_name)
-    from .atomic import check_destination
-
     check_destination(dst, force)
     checkpoint = load(src, select=select, ema=ema, allow_calls=allow_calls, hash_source=not getattr(writer, "hashes_source", False))
     checkpoint = prepare(checkpoint, schemas=schemas, dtype=dtype, strip_optimizer=strip_optimizer, strict_schemas=strict_schemas)
@@ -203,16 +216,11 @@ def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: 
     if refused:
         report.update(kind="refused", tensors=[], extras={})
         return report
-    if raw.tensors_only:
-        from .extract import Extraction
-
-        found = Extraction(raw.root, {}, "state_dict")
-    else:
-        try:
-            found = extract(raw.root, select=select, ema=ema, fmt=raw.format)
-        except CkptMigrateError as error:
-            report.update(kind="no weights", error=error.message, tensors=[], extras={}, contents=to_plain(raw.root))
-            return report
+    try:
+        found = extract_weights(raw, select=select, ema=ema)
+    except CkptMigrateError as error:
+        report.update(kind="no weights", error=error.message, tensors=[], extras={}, contents=to_plain(raw.root))
+        return report
     tensors = [{"name": name, "dtype": ref.dtype.name, "shape": list(ref.shape), "bytes": ref.nbytes,
                 **({"quantized": ref.quantization.get("scheme")} if ref.quantization else {})}
                for name, ref in found.tensors.items()]
