@@ -145,7 +145,7 @@ class Identification:
             others = [m.label() for m in self.exact[1:]]
             return text + (f"; also fits {', '.join(others)}" if others else "")
         if not self.candidates:
-            return f"no torchvision architecture shares keys with these {self.n_keys} tensors"
+            return f"no torchvision architecture shares keys with {'this tensor' if self.n_keys == 1 else f'these {self.n_keys} tensors'}"
         lines = [f"no torchvision architecture fits exactly{where}; nearest:"]
         for match in self.candidates:
             lines.append(f"  {match.label()} [{match.score:.0%} of keys fit]: {match.differences()}")
