@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .checkpoint import TensorRef
 from .errors import LimitExceededError, SelectionError
-from .unpickler import AllowedCall, StubObject
+from .unpickler.stubs import StubObject, describe_value
 
 MODEL_KEYS = ("model_state_dict", "state_dict", "model", "net", "network", "module")
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
@@ -195,7 +195,7 @@ def extract(root: Any, *, select: str | None = None, ema: bool = False, fmt: str
     if mapping is None:
         if isinstance(root, (list, tuple)) and holds_tensors(root):
             return Extraction(weights_of(root, classes), {}, "tensors", [], classes)
-        raise SelectionError(f"no weights found: the file holds {_describe(root)}, not a state_dict, model or bundle")
+        raise SelectionError(f"no weights found: the file holds {describe_value(root)}, not a state_dict, model or bundle")
     if ema:
         found = [k for k in EMA_KEYS if k in mapping and holds_tensors(mapping[k])]
         if not found:
@@ -235,16 +235,3 @@ def _kind_of(root: Any, chosen: Any) -> str:
     if root is chosen:
         return "full_model" if is_module_stub(root) else "state_dict"
     return "bundle"
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, StubObject):
-        return f"an object of class {value.class_name}"
-    if isinstance(value, AllowedCall):
-        return f"the result of {value.func.dotted}"
-    return f"a {type(value).__name__}"
-
-
-def stub_classes(values: Iterable[Any]) -> list[str]:
-    """Class names of the stubs among ``values`` (for messages)."""
-    return sorted({v.class_name for v in values if isinstance(v, StubObject)})

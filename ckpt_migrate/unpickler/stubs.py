@@ -110,3 +110,12 @@ class PickledOrderedDict(OrderedDict):
 
     pickle_state: Any = None
 
+
+
+def describe_value(value: Any) -> str:
+    """A short phrase naming what a pickled value is, for messages (``an object of class x.Y``)."""
+    if isinstance(value, StubObject):
+        return f"an object of class {value.class_name}"
+    if isinstance(value, AllowedCall):
+        return f"the result of {value.func.dotted}"
+    return f"a {type(value).__name__}"

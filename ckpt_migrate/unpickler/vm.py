@@ -24,7 +24,7 @@ from ..checkpoint import GlobalVerdict, TensorRef
 from ..errors import CkptMigrateError, CorruptFileError, LimitExceededError, UnsafeFileError
 from . import allowlist
 from .limits import DEFAULT_LIMITS, Limits
-from .stubs import AllowedCall, GlobalRef, PickledOrderedDict, RefusedCall, StubObject
+from .stubs import AllowedCall, GlobalRef, PickledOrderedDict, RefusedCall, StubObject, describe_value
 
 PersistentLoad = Callable[[Any], Any]
 
@@ -284,7 +284,7 @@ class Interpreter:
         if isinstance(func, RefusedCall):
             return func
         if not isinstance(func, GlobalRef):
-            return self._refuse(f"{how} of {_describe(func)}", "calls an object that is not a named global; only allowlisted constructors may be called")
+            return self._refuse(f"{how} of {describe_value(func)}", "calls an object that is not a named global; only allowlisted constructors may be called")
         use = self._use(func)
         if use.verdict == "refused":
             return RefusedCall(func, use.reason)
@@ -305,7 +305,7 @@ class Interpreter:
         if isinstance(cls, RefusedCall):
             return cls
         if not isinstance(cls, GlobalRef):
-            raise CorruptFileError(f"{how} on {_describe(cls)}, not a class (byte {self.op_offset})", path=self.path)
+            raise CorruptFileError(f"{how} on {describe_value(cls)}, not a class (byte {self.op_offset})", path=self.path)
         use = self._use(cls)
         if use.verdict == "refused":
             return RefusedCall(cls, use.reason)
@@ -340,7 +340,7 @@ class Interpreter:
         if isinstance(obj, argparse.Namespace) and isinstance(state, dict) and all(isinstance(k, str) for k in state):
             vars(obj).update(state)
             return obj
-        return self._refuse(f"BUILD on {_describe(obj)}", "sets state on an object that is not an inert stub; only stubs accept state")
+        return self._refuse(f"BUILD on {describe_value(obj)}", "sets state on an object that is not an inert stub; only stubs accept state")
 
     def hash_items(self, items: Any) -> None:
         """Charge the hashing of ``items`` (keys or set members) to the opcode budget.
@@ -473,14 +473,6 @@ def resolve_name(module: str, name: str, proto: int) -> tuple[str, str]:
     if "." in name:
         module, name = f"{module}.{name}".rsplit(".", 1)
     return module, name
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, StubObject):
-        return f"a {value.class_name} stub"
-    if isinstance(value, AllowedCall):
-        return f"the result of {value.func.dotted}"
-    return f"a {type(value).__name__}"
 
 
 def _children(value: Any) -> Any:
@@ -749,7 +741,7 @@ def _append_to(vm: Interpreter, target: Any, items: list) -> None:
     elif isinstance(target, (RefusedCall, AllowedCall)):
         return
     else:
-        raise CorruptFileError(f"APPEND to {_describe(target)} (byte {vm.op_offset})", path=vm.path)
+        raise CorruptFileError(f"APPEND to {describe_value(target)} (byte {vm.op_offset})", path=vm.path)
 
 
 def _op_append(vm: Interpreter) -> None:
@@ -785,7 +777,7 @@ def _set_items(vm: Interpreter, target: Any, items: list) -> None:
     elif isinstance(target, (RefusedCall, AllowedCall)):
         return
     else:
-        raise CorruptFileError(f"SETITEM on {_describe(target)} (byte {vm.op_offset})", path=vm.path)
+        raise CorruptFileError(f"SETITEM on {describe_value(target)} (byte {vm.op_offset})", path=vm.path)
 
 
 def _op_setitem(vm: Interpreter) -> None:
@@ -815,7 +807,7 @@ def _op_additems(vm: Interpreter) -> None:
     elif isinstance(target, list):
         target.extend(items)
     else:
-        raise CorruptFileError(f"ADDITEMS on {_describe(target)}", path=vm.path)
+        raise CorruptFileError(f"ADDITEMS on {describe_value(target)}", path=vm.path)
 
 
 def _op_frozenset(vm: Interpreter) -> None:
