@@ -53,7 +53,7 @@ def bench_export(name: str, folder: str) -> dict[str, Any]:
     import torch
     import torchvision
 
-    from ckpt_migrate import api
+    import ckpt_migrate.api as api
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None)

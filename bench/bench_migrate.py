@@ -55,7 +55,7 @@ def naive(src: Path, dst: Path) -> None:
 
 
 def with_migrate(src: Path, dst: Path, jobs: int) -> None:
-    from ckpt_migrate.migrate import migrate
+    from ckpt_migrate.batch import migrate
 
     report = migrate(src, dst, to="safetensors", jobs=jobs)
     if report.exit_code or report.counts["converted"] == 0:

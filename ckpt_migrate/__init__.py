@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import TOOL_VERSION as __version__
-from .api import convert, inspect, load
-from .checkpoint import Checkpoint, TensorRef
-from . import errors
-from .migrate import migrate
+from ckpt_migrate.api import TOOL_VERSION as __version__
+from ckpt_migrate.api import convert, inspect, load
+from ckpt_migrate.model.checkpoint import Checkpoint, TensorRef
+from ckpt_migrate import errors
+from ckpt_migrate.batch import migrate
 
 _LAZY = {
-    "scan": ("ckpt_migrate.scan", "scan"),
-    "diff": ("ckpt_migrate.warmstart", "diff"),
-    "check": ("ckpt_migrate.warmstart", "check"),
+    "scan": ("ckpt_migrate.reports.scan", "scan"),
+    "diff": ("ckpt_migrate.reports.warmstart", "diff"),
+    "check": ("ckpt_migrate.reports.warmstart", "check"),
 }
 
 __all__ = ["Checkpoint", "TensorRef", "__version__", "check", "convert", "diff", "errors", "inspect", "load", "migrate", "scan"]

@@ -1,5 +1,5 @@
 """``python -m ckpt_migrate``."""
 
-from .cli import main
+from ckpt_migrate.cli import main
 
 main()

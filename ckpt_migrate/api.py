@@ -6,15 +6,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from . import registry
-from .atomic import check_destination
-from .checkpoint import Checkpoint, GlobalVerdict
-from .converters.base import RawRead, ReadOptions, WriteOptions, WriteReport
-from .errors import CkptMigrateError, SelectionError, UsageError
-from .extract import Extraction, extract
-from .plain import to_plain
-from .source import Source
-from .unpickler import DEFAULT_LIMITS, Limits
+import ckpt_migrate.converters.registry as registry
+from ckpt_migrate.io.atomic import check_destination
+from ckpt_migrate.model.checkpoint import Checkpoint, GlobalVerdict
+from ckpt_migrate.converters.base import RawRead, ReadOptions, WriteOptions, WriteReport
+from ckpt_migrate.errors import CkptMigrateError, SelectionError, UsageError
+from ckpt_migrate.bundle.extract import Extraction, extract
+from ckpt_migrate.bundle.plain import to_plain
+from ckpt_migrate.io.source import Source
+from ckpt_migrate.unpickler import DEFAULT_LIMITS, Limits
 
 TOOL_VERSION = "0.1.0"
 
@@ -139,10 +139,10 @@ def prepare(
         SchemaError: a schema is malformed or would collide keys.
         UsageError: an unknown ``dtype``.
     """
-    from . import transforms
+    import ckpt_migrate.transforms.pipeline as transforms
 
     if schemas:
-        from .schema_apply import apply_to_checkpoint
+        from ckpt_migrate.transforms.schemas import apply_to_checkpoint
 
         checkpoint = apply_to_checkpoint(checkpoint, schemas, strict=strict_schemas)
     if dtype and dtype != "keep":
@@ -239,7 +239,7 @@ def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: 
 
 def _guess_architecture(tensors: Any) -> Any:
     try:
-        from .architectures.identify import identify
+        from ckpt_migrate.architectures.identify import identify
     except ImportError:
         return None
     try:

@@ -80,10 +80,10 @@ class Run:
 def target(data: bytes) -> None:
     """Dispatch on the first byte; every target also runs what commands run next on a result."""
     from ckpt_migrate.converters.base import ReadOptions
-    from ckpt_migrate.converters.safetensors_ import parse_header
-    from ckpt_migrate.converters.torch_legacy import nested_loader
-    from ckpt_migrate.extract import extract
-    from ckpt_migrate.plain import to_plain
+    from ckpt_migrate.converters.readers.safetensors_file import parse_header
+    from ckpt_migrate.converters.readers.torch_legacy import nested_loader
+    from ckpt_migrate.bundle.extract import extract
+    from ckpt_migrate.bundle.plain import to_plain
     from ckpt_migrate.unpickler import interpret
     from ckpt_migrate.unpickler.static import looks_like_pickle, walk
 
@@ -134,11 +134,11 @@ def child_atheris(out: Path, libfuzzer_args: list[str], slow: float) -> None:
     sys.path.insert(0, str(TESTS))
     sys.path.insert(0, str(ROOT))
     with atheris.instrument_imports(include=["ckpt_migrate"]):
-        import ckpt_migrate.converters.safetensors_  # noqa: F401
-        import ckpt_migrate.converters.torch_legacy  # noqa: F401
-        import ckpt_migrate.converters.torch_zip  # noqa: F401
-        import ckpt_migrate.extract  # noqa: F401
-        import ckpt_migrate.plain  # noqa: F401
+        import ckpt_migrate.converters.readers.safetensors_file  # noqa: F401
+        import ckpt_migrate.converters.readers.torch_legacy  # noqa: F401
+        import ckpt_migrate.converters.readers.torch_zip  # noqa: F401
+        import ckpt_migrate.bundle.extract  # noqa: F401
+        import ckpt_migrate.bundle.plain  # noqa: F401
         import ckpt_migrate.unpickler  # noqa: F401
         import ckpt_migrate.unpickler.static  # noqa: F401
     import payloads  # noqa: F401

@@ -192,6 +192,6 @@ def _bits(tensor: torch.Tensor) -> torch.Tensor:
 
 def temporaries(root: Path) -> list[str]:
     """Names under ``root`` that carry the atomic-write temp marker."""
-    from ckpt_migrate.atomic import is_temp
+    from ckpt_migrate.io.atomic import is_temp
 
     return [os.path.join(folder, name) for folder, dirs, files in os.walk(root) for name in dirs + files if is_temp(name)]

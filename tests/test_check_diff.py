@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from ckpt_migrate.cli import main_group
 from ckpt_migrate.errors import ArchitectureError, CkptMigrateError, UsageError
-from ckpt_migrate.targets import resolve_target
+from ckpt_migrate.architectures.targets import resolve_target
 
 from conftest import run_cli
 from helpers_lenet import LeNet

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from ckpt_migrate.cli import main_group
-from ckpt_migrate.converters.normalized import same_tensor
+from ckpt_migrate.converters.writers.normalized import same_tensor
 
 
 class Masked(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from ckpt_migrate.api import convert, load
-from ckpt_migrate.converters.safetensors_writer import bytes_equal
+from ckpt_migrate.converters.writers.safetensors.writer import bytes_equal
 from ckpt_migrate.errors import CkptMigrateError
 
 from conftest import CORPUS, run_cli

@@ -14,11 +14,11 @@ import torch.nn as nn
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from ckpt_migrate import registry
+import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.api import load
 from ckpt_migrate.cli import main_group
 from ckpt_migrate.converters.dcp import unflatten
-from ckpt_migrate.converters.normalized import compare_structures
+from ckpt_migrate.converters.writers.normalized import compare_structures
 
 
 class Evil:

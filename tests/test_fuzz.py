@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 import payloads as P
 from ckpt_migrate.converters.base import ReadOptions
-from ckpt_migrate.converters.safetensors_ import parse_header
-from ckpt_migrate.converters.torch_legacy import nested_loader
+from ckpt_migrate.converters.readers.safetensors_file import parse_header
+from ckpt_migrate.converters.readers.torch_legacy import nested_loader
 from ckpt_migrate.errors import CkptMigrateError
-from ckpt_migrate.extract import extract
-from ckpt_migrate.plain import to_plain
+from ckpt_migrate.bundle.extract import extract
+from ckpt_migrate.bundle.plain import to_plain
 from ckpt_migrate.unpickler import interpret
 from ckpt_migrate.unpickler.static import looks_like_pickle, walk
 

@@ -28,9 +28,9 @@ import torchvision
 from safetensors.torch import load_file
 
 import payloads as P
-from ckpt_migrate import api
+import ckpt_migrate.api as api
 from ckpt_migrate.errors import CkptMigrateError, CorruptFileError, UnsafeFileError
-from ckpt_migrate.scan import scan
+from ckpt_migrate.reports.scan import scan
 
 ROOT = Path(__file__).resolve().parent.parent
 

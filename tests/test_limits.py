@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import payloads as P
-from ckpt_migrate import api
+import ckpt_migrate.api as api
 from ckpt_migrate.converters.base import ReadOptions
-from ckpt_migrate.converters.safetensors_ import MAX_HEADER_BYTES, parse_header
-from ckpt_migrate.converters.torch_legacy import nested_loader
+from ckpt_migrate.converters.readers.safetensors_file import MAX_HEADER_BYTES, parse_header
+from ckpt_migrate.converters.readers.torch_legacy import nested_loader
 from ckpt_migrate.errors import CorruptFileError, LimitExceededError, UnsafeFileError
 from ckpt_migrate.unpickler import Limits, interpret
 from ckpt_migrate.unpickler.vm import check_nesting

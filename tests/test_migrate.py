@@ -21,10 +21,10 @@ import torch
 from click.testing import CliRunner
 
 from ckpt_migrate.cli import main_group
-from ckpt_migrate.migrate import migrate
-from ckpt_migrate.migrate.executors import LocalExecutor, make_executor
-from ckpt_migrate.migrate.manifest import MANIFEST_NAME, parse
-from ckpt_migrate.migrate.plan import assign_destinations, natural_name
+from ckpt_migrate.batch import migrate
+from ckpt_migrate.batch.executors import LocalExecutor, make_executor
+from ckpt_migrate.batch.manifest import MANIFEST_NAME, parse
+from ckpt_migrate.batch.plan import assign_destinations, natural_name
 
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers_migrate_crash  # noqa: E402
@@ -325,7 +325,7 @@ def test_vcs_folders_are_not_walked_and_stale_temporaries_in_src_are_skipped(tmp
 
 def test_top_level_migrate_is_callable_after_the_package_is_imported(tmp_path: Path) -> None:
     import ckpt_migrate
-    import ckpt_migrate.migrate.plan  # noqa: F401 - binds the subpackage on its parent
+    import ckpt_migrate.batch.plan  # noqa: F401 - binds the subpackage on its parent
 
     (tmp_path / "src").mkdir()
     torch.save(trees.tiny(4).state_dict(), tmp_path / "src/a.pt")

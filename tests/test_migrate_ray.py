@@ -14,8 +14,8 @@ from click.testing import CliRunner
 ray = pytest.importorskip("ray")
 
 from ckpt_migrate.cli import main_group  # noqa: E402
-from ckpt_migrate.migrate import migrate  # noqa: E402
-from ckpt_migrate.migrate.manifest import MANIFEST_NAME, parse  # noqa: E402
+from ckpt_migrate.batch import migrate  # noqa: E402
+from ckpt_migrate.batch.manifest import MANIFEST_NAME, parse  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers_migrate_tree as trees  # noqa: E402

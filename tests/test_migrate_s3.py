@@ -20,9 +20,9 @@ from click.testing import CliRunner
 moto_server = pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
 
-from ckpt_migrate.atomic import is_temp  # noqa: E402
+from ckpt_migrate.io.atomic import is_temp  # noqa: E402
 from ckpt_migrate.cli import main_group  # noqa: E402
-from ckpt_migrate.migrate.manifest import MANIFEST_NAME, parse  # noqa: E402
+from ckpt_migrate.batch.manifest import MANIFEST_NAME, parse  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers_migrate_tree as trees  # noqa: E402

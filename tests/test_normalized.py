@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 from click.testing import CliRunner
 
-from ckpt_migrate import registry
+import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.api import convert
 from ckpt_migrate.cli import main_group
-from ckpt_migrate.converters.normalized import compare_structures, strip_wrapper_prefixes
+from ckpt_migrate.converters.writers.normalized import compare_structures, strip_wrapper_prefixes
 from ckpt_migrate.errors import VerificationError
 
 

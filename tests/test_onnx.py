@@ -20,9 +20,9 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from ckpt_migrate import registry
+import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.cli import main_group
-from ckpt_migrate.converters import onnx_
+import ckpt_migrate.converters.writers.onnx_export as onnx_
 from ckpt_migrate.errors import UsageError
 
 HERE = Path(__file__).resolve().parent

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import ckpt_migrate
 from ckpt_migrate.api import convert, load
-from ckpt_migrate.converters.safetensors_writer import bytes_equal
+from ckpt_migrate.converters.writers.safetensors.writer import bytes_equal
 
 from conftest import run_cli
 
@@ -269,7 +269,7 @@ def test_existing_output_needs_force(fixture_dir: Path, tmp_path: Path) -> None:
 
 
 def test_failed_verification_leaves_nothing_general_path(fixture_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ckpt_migrate.converters import safetensors_writer
+    import ckpt_migrate.converters.writers.safetensors.writer as safetensors_writer
 
     monkeypatch.setattr(safetensors_writer, "bytes_equal", lambda a, b: False)
     dst = tmp_path / "out.safetensors"
@@ -279,7 +279,7 @@ def test_failed_verification_leaves_nothing_general_path(fixture_dir: Path, tmp_
 
 
 def test_failed_verification_leaves_nothing_stream_path(fixture_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ckpt_migrate.converters import stream
+    import ckpt_migrate.converters.writers.safetensors.stream as stream
 
     real_write = stream._pwrite_all
 

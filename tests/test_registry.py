@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ckpt_migrate import registry
+import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.api import convert, load
-from ckpt_migrate.converters.safetensors_writer import bytes_equal
+from ckpt_migrate.converters.writers.safetensors.writer import bytes_equal
 from ckpt_migrate.errors import UnsupportedFormatError
 
 from conftest import run_cli
@@ -80,7 +80,7 @@ def test_reader_writer_round_trip_is_bit_exact(tmp_path: Path, reader: str, writ
 
 def test_duplicate_name_says_where_the_first_lives() -> None:
     fresh = registry.Registry("reader", dict(registry.BUILTIN_READERS), "ckpt_migrate.test-readers")
-    with pytest.raises(registry.DuplicateNameError, match=r"'torch-zip' from tests is already registered by ckpt-migrate \(built-in\) \(ckpt_migrate.converters.torch_zip:TorchZipReader\)"):
+    with pytest.raises(registry.DuplicateNameError, match=r"'torch-zip' from tests is already registered by ckpt-migrate \(built-in\) \(ckpt_migrate.converters.readers.torch_zip:TorchZipReader\)"):
         fresh.register("torch-zip", "somewhere:Else", origin="tests")
 
 

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import payloads as P
-from ckpt_migrate import api
+import ckpt_migrate.api as api
 from ckpt_migrate.commands.scan import command as scan_command
 from ckpt_migrate.errors import CkptMigrateError, UnsafeFileError
-from ckpt_migrate.scan import scan, scan_file
+from ckpt_migrate.reports.scan import scan, scan_file
 
 ROOT = Path(__file__).resolve().parent.parent
 REALWORLD = ROOT.parent / "shared" / "corpus" / "realworld"
@@ -181,7 +181,7 @@ def test_scan_never_imports_torch_or_runs_pickle(tmp_path: Path) -> None:
     code = ("import sys\n"
             "events = []\n"
             "sys.addaudithook(lambda e, a: events.append(e) if e == 'pickle.find_class' else None)\n"
-            "from ckpt_migrate.scan import scan\n"
+            "from ckpt_migrate.reports.scan import scan\n"
             f"report = scan([{str(tmp_path)!r}])\n"
             "print([f.verdict for f in report.files], 'torch' in sys.modules, 'pickle' in sys.modules and 'pickle.find_class' in events)\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))

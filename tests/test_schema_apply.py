@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ckpt_migrate import dtypes
-from ckpt_migrate.checkpoint import ByteSource, Checkpoint, DerivedTensor, StorageRef, TensorRef
+import ckpt_migrate.model.dtypes as dtypes
+from ckpt_migrate.model.checkpoint import ByteSource, Checkpoint, DerivedTensor, StorageRef, TensorRef
 from ckpt_migrate.cli import main_group
 from ckpt_migrate.errors import SchemaError
-from ckpt_migrate.schema_apply import CheckpointTensorOps, apply_to_checkpoint, contiguous_strides
+from ckpt_migrate.transforms.schemas import CheckpointTensorOps, apply_to_checkpoint, contiguous_strides
 from ckpt_migrate.schemas import list_schemas, loads_schema
 
 from conftest import ROOT, run_cli
@@ -121,9 +121,9 @@ def test_lazy_operations_import_no_torch(tmp_path: Path) -> None:
     script = """
 import array, sys
 from collections import OrderedDict
-from ckpt_migrate import dtypes
-from ckpt_migrate.checkpoint import ByteSource, Checkpoint, StorageRef, TensorRef
-from ckpt_migrate.schema_apply import apply_to_checkpoint
+import ckpt_migrate.model.dtypes as dtypes
+from ckpt_migrate.model.checkpoint import ByteSource, Checkpoint, StorageRef, TensorRef
+from ckpt_migrate.transforms.schemas import apply_to_checkpoint
 data = array.array("f", range(24)).tobytes()
 f32 = dtypes.get("float32")
 storage = StorageRef("0", f32, 24, "cpu", ByteSource("mem", 0, len(data), buffer=data))

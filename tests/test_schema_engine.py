@@ -19,7 +19,7 @@ from ckpt_migrate.schemas import (
     loads_schema,
     resolve_schemas,
 )
-from ckpt_migrate.schemas import loader
+import ckpt_migrate.schemas.loader as loader
 
 OPS = ListTensorOps()
 

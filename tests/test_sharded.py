@@ -12,9 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ckpt_migrate import api, dtypes
-from ckpt_migrate.checkpoint import ByteSource, StorageRef, TensorRef
-from ckpt_migrate.converters import sharded
+import ckpt_migrate.api as api
+
+import ckpt_migrate.model.dtypes as dtypes
+from ckpt_migrate.model.checkpoint import ByteSource, StorageRef, TensorRef
+import ckpt_migrate.converters.writers.safetensors.sharded as sharded
 from ckpt_migrate.errors import CorruptFileError, OutputExistsError, UsageError
 
 from conftest import run_cli
@@ -110,7 +112,7 @@ def test_rewrite_removes_stale_shards_and_keeps_other_files(tmp_path: Path) -> N
 
 
 def test_failed_write_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ckpt_migrate.converters import safetensors_writer
+    import ckpt_migrate.converters.writers.safetensors.writer as safetensors_writer
 
     _, state = tied_state()
     src = tmp_path / "m.pt"

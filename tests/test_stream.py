@@ -17,14 +17,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ckpt_migrate import api, dtypes
-from ckpt_migrate.checkpoint import ByteSource, StorageRef, TensorRef
-from ckpt_migrate.converters import stream
+import ckpt_migrate.api as api
+
+import ckpt_migrate.model.dtypes as dtypes
+from ckpt_migrate.model.checkpoint import ByteSource, StorageRef, TensorRef
+import ckpt_migrate.converters.writers.safetensors.stream as stream
 from ckpt_migrate.converters.base import ReadOptions
-from ckpt_migrate.converters.safetensors_writer import write_tensors
-from ckpt_migrate.converters.torch_legacy import TorchLegacyReader
+from ckpt_migrate.converters.writers.safetensors.writer import write_tensors
+from ckpt_migrate.converters.readers.torch_legacy import TorchLegacyReader
 from ckpt_migrate.errors import CorruptFileError, UsageError, VerificationError
-from ckpt_migrate.source import Source
+from ckpt_migrate.io.source import Source
 
 from conftest import ROOT, run_cli
 

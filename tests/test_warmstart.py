@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ckpt_migrate.checkpoint import Checkpoint
+from ckpt_migrate.model.checkpoint import Checkpoint
 from ckpt_migrate.schemas import list_schemas, loads_schema
-from ckpt_migrate.warmstart import (
+from ckpt_migrate.reports.warmstart import (
     ShapeOnlyOps,
     check_report,
     diff_report,
@@ -141,7 +141,7 @@ def test_suggest_schemas_ranks_what_helps_and_skips_what_fails() -> None:
 
 
 def test_report_modules_import_no_torch() -> None:
-    code = "import sys, ckpt_migrate.warmstart, ckpt_migrate.schema_apply, ckpt_migrate.targets; print('torch' in sys.modules)"
+    code = "import sys, ckpt_migrate.reports.warmstart, ckpt_migrate.transforms.schemas, ckpt_migrate.architectures.targets; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
@@ -149,7 +149,7 @@ def test_report_modules_import_no_torch() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8, torch.bool])
 def test_tensor_digest_matches_equal_values_only(dtype: torch.dtype) -> None:
-    from ckpt_migrate.warmstart import tensor_digest
+    from ckpt_migrate.reports.warmstart import tensor_digest
 
     base = (torch.arange(6) % 2).to(dtype)
     other = base.clone()

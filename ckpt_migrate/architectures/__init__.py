@@ -6,7 +6,7 @@ Importing this package does not import torch: identification reads the shipped s
 
 from __future__ import annotations
 
-from .identify import (
+from ckpt_migrate.architectures.identify import (
     Identification,
     Match,
     ShapeMismatch,
@@ -16,7 +16,7 @@ from .identify import (
     index_failures,
     indexed_builders,
 )
-from .rebuild import ArchSpec, build_model, load_weights_strict, parse_arch_spec
+from ckpt_migrate.architectures.rebuild import ArchSpec, build_model, load_weights_strict, parse_arch_spec
 
 __all__ = [
     "ArchSpec",

@@ -13,9 +13,9 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from ..errors import ArchitectureError, UsageError
-from .identify import builder_info, identify
-from .rebuild import ArchSpec, build_model, load_weights_strict
+from ckpt_migrate.errors import ArchitectureError, UsageError
+from ckpt_migrate.architectures.identify import builder_info, identify
+from ckpt_migrate.architectures.rebuild import ArchSpec, build_model, load_weights_strict
 
 if TYPE_CHECKING:
     import torch
@@ -166,7 +166,7 @@ def choose_model(shapes: Mapping[str, Any], classes: Sequence[str], *, arch: str
 
 def rebuild_checkpoint(checkpoint: Any, *, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
                        trust_modules: Iterable[str] = ()) -> RebuiltModel:
-    """The model for ``checkpoint`` (a :class:`~ckpt_migrate.checkpoint.Checkpoint`) with its weights loaded strictly, in eval mode.
+    """The model for ``checkpoint`` (a :class:`~ckpt_migrate.model.checkpoint.Checkpoint`) with its weights loaded strictly, in eval mode.
 
     Weights are loaded into the model as built (float32 for torchvision), whatever their dtype.
 

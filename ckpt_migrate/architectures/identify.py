@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import ArchitectureError
+from ckpt_migrate.errors import ArchitectureError
 
 INDEX_PATH = Path(__file__).with_name("signatures.json.gz")
 OPTIONAL_SUFFIX = "num_batches_tracked"

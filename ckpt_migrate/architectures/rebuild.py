@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..errors import ArchitectureError
-from .identify import OPTIONAL_SUFFIX, detect_prefix, identify, builder_info
+from ckpt_migrate.errors import ArchitectureError
+from ckpt_migrate.architectures.identify import OPTIONAL_SUFFIX, detect_prefix, identify, builder_info
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import console, emit_json, handle_errors, read_options
+from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options
 
 _SHOW = 20
 
@@ -66,8 +66,8 @@ def command(src: str, target_spec: str, arch_kwargs: str | None, schemas: tuple[
 
     Exits 1 when no key matches at all, and under --strict when anything is off; 0 otherwise.
     """
-    from ..targets import parse_arch_kwargs
-    from ..warmstart import check
+    from ckpt_migrate.architectures.targets import parse_arch_kwargs
+    from ckpt_migrate.reports.warmstart import check
 
     result = check(src, target_spec, schemas=schemas, arch_kwargs=parse_arch_kwargs(arch_kwargs), select=select,
                    allow_calls=allow_calls)

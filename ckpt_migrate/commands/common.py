@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import CkptMigrateError
+from ckpt_migrate.errors import CkptMigrateError
 
 
 def fail(message: str, code: int) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from ..units import human_size
-from .common import console, emit_json, handle_errors, transform_options
+from ckpt_migrate.reports.units import human_size
+from ckpt_migrate.commands.common import console, emit_json, handle_errors, transform_options
 
 
 @click.command("convert")
@@ -35,8 +35,8 @@ def command(src: str, dst: str, to: str | None, schemas: tuple[str, ...], strict
     """
     from rich.markup import escape
 
-    from ..api import convert
-    from ..targets import parse_arch_kwargs
+    from ckpt_migrate.api import convert
+    from ckpt_migrate.architectures.targets import parse_arch_kwargs
 
     kwargs = parse_arch_kwargs(arch_kwargs) or None
     writer_options = {k: v for k, v in {

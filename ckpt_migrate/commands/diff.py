@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .common import console, emit_json, handle_errors, read_options
+from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options
 
 _SHOW = 30
 
@@ -70,7 +70,7 @@ def command(a: str, b: str, select: str | None, fail_on_difference: bool, allow_
     Works across formats (a .pth against a .safetensors); nothing is executed from either file.
     Exits 0, or 1 with --fail-on-difference when anything differs.
     """
-    from ..warmstart import diff
+    from ckpt_migrate.reports.warmstart import diff
 
     report = diff(a, b, select=select, allow_calls=allow_calls)
     if as_json:

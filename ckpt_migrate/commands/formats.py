@@ -6,7 +6,7 @@ import importlib.util
 
 import click
 
-from .common import console, emit_json, handle_errors
+from ckpt_migrate.commands.common import console, emit_json, handle_errors
 
 
 def _available(requires: tuple[str, ...]) -> list[str]:
@@ -18,7 +18,7 @@ def _available(requires: tuple[str, ...]) -> list[str]:
 @handle_errors
 def command(as_json: bool) -> None:
     """List the registered readers and writers, where each comes from and what it needs."""
-    from ..registry import READERS, WRITERS
+    from ckpt_migrate.converters.registry import READERS, WRITERS
 
     rows = []
     for kind, registry in (("reader", READERS), ("writer", WRITERS)):

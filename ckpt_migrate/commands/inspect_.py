@@ -8,8 +8,8 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from .common import console, emit_json, handle_errors, read_options
-from ..units import human_size
+from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options
+from ckpt_migrate.reports.units import human_size
 
 VERDICT_STYLE = {"allowed": "green", "stub": "yellow", "refused": "bold red"}
 
@@ -44,7 +44,7 @@ def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tu
     """
     from rich.table import Table
 
-    from ..api import inspect
+    from ckpt_migrate.api import inspect
 
     report = inspect(src, allow_calls=allow_calls, select=select, ema=ema)
     code = 3 if report["verdict"] == "refused" else 0

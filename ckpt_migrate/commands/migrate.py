@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UsageError
-from .common import console, emit_json, fail, handle_errors, transform_options
+from ckpt_migrate.errors import UsageError
+from ckpt_migrate.commands.common import console, emit_json, fail, handle_errors, transform_options
 
 
 @click.command("migrate")
@@ -36,9 +36,9 @@ def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, repor
     Exit codes: 0 all converted (or up to date), 1 some file failed, 3 some file was refused as
     unsafe, 2 usage error.
     """
-    from ..migrate import migrate
-    from ..targets import parse_arch_kwargs
-    from ..migrate.progress import render_plan, render_summary, reporter_for
+    from ckpt_migrate.batch import migrate
+    from ckpt_migrate.architectures.targets import parse_arch_kwargs
+    from ckpt_migrate.batch.progress import render_plan, render_summary, reporter_for
 
     kwargs = parse_arch_kwargs(arch_kwargs) or None
     if ray_address and executor != "ray":

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import console, emit_json, handle_errors, read_options
+from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options
 
 VERDICT_STYLE = {"clean": "green", "refused": "bold red", "error": "red", "skipped": "dim"}
 
@@ -60,7 +60,7 @@ def command(paths: tuple[str, ...], allow_calls: tuple[str, ...], as_json: bool)
     Nothing is unpickled with Python's pickle, imported or executed. Exit codes: 0 every file is
     clean, 3 a file names or calls something outside the allowlist, 1 a file could not be read.
     """
-    from ..scan import scan
+    from ckpt_migrate.reports.scan import scan
 
     report = scan(paths, allow_calls=allow_calls)
     if as_json:

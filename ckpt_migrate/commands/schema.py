@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .common import console, emit_json, handle_errors, read_options
+from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options
 
 _SHOW = 20
 
@@ -31,7 +31,7 @@ def list_command(as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..schemas import list_schemas
+    from ckpt_migrate.schemas import list_schemas
 
     schemas = list_schemas()
     if as_json:
@@ -55,7 +55,7 @@ def show_command(schema_id: str, as_json: bool) -> None:
     """Show one schema's description and its rules, in the order they run (bases first)."""
     from rich.markup import escape
 
-    from ..schemas import load_schema, resolve_schemas
+    from ckpt_migrate.schemas import load_schema, resolve_schemas
 
     schema = load_schema(schema_id)
     chain = resolve_schemas([schema])
@@ -74,7 +74,7 @@ def show_command(schema_id: str, as_json: bool) -> None:
 
 
 def _write_text(path: str, text: str, force: bool) -> None:
-    from ..atomic import atomic_path
+    from ckpt_migrate.io.atomic import atomic_path
 
     with atomic_path(path, force) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
@@ -126,13 +126,13 @@ def infer_command(src: str, target_spec: str, output: str, arch_kwargs: str | No
     Keys it could not match and ambiguous ones are reported (and listed as comments in the file),
     never guessed. Exits 1, writing nothing, when no key matches at all.
     """
-    from ..api import load
-    from ..atomic import check_destination
-    from ..errors import CkptMigrateError
-    from ..schema_apply import CheckpointTensorOps
-    from ..schemas import align_keys, apply_schemas, loads_schema, schema_from_alignment
-    from ..targets import parse_arch_kwargs, resolve_target
-    from ..warmstart import check_report
+    from ckpt_migrate.api import load
+    from ckpt_migrate.io.atomic import check_destination
+    from ckpt_migrate.errors import CkptMigrateError
+    from ckpt_migrate.transforms.schemas import CheckpointTensorOps
+    from ckpt_migrate.schemas import align_keys, apply_schemas, loads_schema, schema_from_alignment
+    from ckpt_migrate.architectures.targets import parse_arch_kwargs, resolve_target
+    from ckpt_migrate.reports.warmstart import check_report
 
     kwargs = parse_arch_kwargs(arch_kwargs)
     check_destination(output, force)

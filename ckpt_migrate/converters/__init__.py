@@ -1,1 +1,1 @@
-"""Readers and writers, one module per format; found through :mod:`ckpt_migrate.registry`."""
+"""Readers and writers, one module per format; found through :mod:`ckpt_migrate.converters.registry`."""

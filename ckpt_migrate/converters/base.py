@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..checkpoint import Checkpoint
-from ..source import Source
-from ..unpickler import DEFAULT_LIMITS, GlobalUse, Limits
+from ckpt_migrate.model.checkpoint import Checkpoint
+from ckpt_migrate.io.source import Source
+from ckpt_migrate.unpickler import DEFAULT_LIMITS, GlobalUse, Limits
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .. import dtypes as _dtypes
-from ..atomic import atomic_path
-from ..checkpoint import ByteSource, Checkpoint, StorageRef, TensorRef
-from ..errors import CorruptFileError, MissingDependencyError, NotMyFormat, UnsupportedFormatError, VerificationError
-from ..source import Source
-from ..unpickler import GlobalUse, Interpreter, Policy, StubObject, TorchMarker
-from .base import RawRead, ReadOptions, Reader, WriteOptions, WriteReport, Writer
-from .torch_zip import ZIP_MAGIC, TorchZipArchive, TorchZipReader
+import ckpt_migrate.model.dtypes as _dtypes
+from ckpt_migrate.io.atomic import atomic_path
+from ckpt_migrate.model.checkpoint import ByteSource, Checkpoint, StorageRef, TensorRef
+from ckpt_migrate.errors import CorruptFileError, MissingDependencyError, NotMyFormat, UnsupportedFormatError, VerificationError
+from ckpt_migrate.io.source import Source
+from ckpt_migrate.unpickler import GlobalUse, Interpreter, Policy, StubObject, TorchMarker
+from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader, WriteOptions, WriteReport, Writer
+from ckpt_migrate.converters.readers.torch_zip import ZIP_MAGIC, TorchZipArchive, TorchZipReader
 
 METADATA_NAME = ".metadata"
 
@@ -415,7 +415,7 @@ def verify_dcp(folder: str, expected: dict[str, Any], source: str) -> None:
     """
     from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 
-    from .normalized import compare_structures, tensorize
+    from ckpt_migrate.converters.writers.normalized import compare_structures, tensorize
 
     want, _ = flatten_state_dict(expected)
     got = DcpFolder(folder, ReadOptions()).flat()
@@ -442,7 +442,7 @@ class DcpWriter(Writer):
             import torch.distributed.checkpoint as dcp
         except ImportError as error:
             raise MissingDependencyError(f"torch.distributed.checkpoint is not available in this torch build: {error}") from None
-        from .normalized import build_payload, materialize_payload, walk_tensors
+        from ckpt_migrate.converters.writers.normalized import build_payload, materialize_payload, walk_tensors
 
         payload, _ = build_payload(checkpoint)
         data = _contiguous_copies(materialize_payload(payload, checkpoint))

@@ -24,11 +24,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .. import dtypes as _dtypes
-from ..checkpoint import ByteSource, StorageRef, TensorRef
-from ..errors import CkptMigrateError, CorruptFileError, LimitExceededError
-from .limits import DEFAULT_LIMITS, Limits
-from .stubs import Device, GlobalRef, PickledOrderedDict, StubObject, TorchMarker
+import ckpt_migrate.model.dtypes as _dtypes
+from ckpt_migrate.model.checkpoint import ByteSource, StorageRef, TensorRef
+from ckpt_migrate.errors import CkptMigrateError, CorruptFileError, LimitExceededError
+from ckpt_migrate.unpickler.limits import DEFAULT_LIMITS, Limits
+from ckpt_migrate.unpickler.stubs import Device, GlobalRef, PickledOrderedDict, StubObject, TorchMarker
 
 Handler = Callable[["CallContext", tuple], Any]
 

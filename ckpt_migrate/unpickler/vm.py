@@ -20,11 +20,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from ..checkpoint import GlobalVerdict, TensorRef
-from ..errors import CkptMigrateError, CorruptFileError, LimitExceededError, UnsafeFileError
-from . import allowlist
-from .limits import DEFAULT_LIMITS, Limits
-from .stubs import AllowedCall, GlobalRef, PickledOrderedDict, RefusedCall, StubObject, describe_value
+from ckpt_migrate.model.checkpoint import GlobalVerdict, TensorRef
+from ckpt_migrate.errors import CkptMigrateError, CorruptFileError, LimitExceededError, UnsafeFileError
+import ckpt_migrate.unpickler.allowlist as allowlist
+from ckpt_migrate.unpickler.limits import DEFAULT_LIMITS, Limits
+from ckpt_migrate.unpickler.stubs import AllowedCall, GlobalRef, PickledOrderedDict, RefusedCall, StubObject, describe_value
 
 PersistentLoad = Callable[[Any], Any]
 
@@ -189,7 +189,7 @@ class Interpreter:
         A pickle that stops on a malformed value may still name ``os.system`` further on; the
         verdict must not depend on which byte broke first.
         """
-        from .static import walk
+        from ckpt_migrate.unpickler.static import walk
 
         try:
             walked = walk(self.data, self.start, max_opcodes=self.limits.max_opcodes)

@@ -1,0 +1,213 @@
+"""Where a batch's conversions run: in-process, in local worker processes, or as Ray tasks.
+
+Every executor takes plain task dicts and yields plain result dicts as files finish, in
+completion order. A file whose worker dies (segfault, OOM kill, lost Ray node) comes back as a
+``failed`` result naming the cause; the other files go on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterable, Iterator
+
+from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError, UsageError
+from ckpt_migrate.batch.worker import convert_one, crashed
+
+EXECUTORS = ("local", "ray", "inline")
+
+
+class InlineExecutor:
+    """Convert in this process, one file after the other (used for ``memory://`` trees and tests)."""
+
+    name = "inline"
+
+    def run(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for task in tasks:
+            yield convert_one(task)
+
+
+def _serve(conn: Connection, function: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """A worker process's loop: receive a task, send ``function(task)``, until told to stop."""
+    try:
+        while True:
+            task = conn.recv()
+            if task is None:
+                return
+            conn.send(function(task))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        return
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    task: dict[str, Any] | None = None
+
+
+class LocalExecutor:
+    """``jobs`` worker processes on this machine (spawned, so no state leaks between them).
+
+    Each worker handles one file at a time; the parent knows which file every worker holds, so a
+    worker that dies fails exactly that file and is replaced. ``function`` (a module-level
+    callable, default :func:`convert_one`) is what workers run on each task.
+
+    Raises:
+        UsageError: ``jobs`` is below 1.
+    """
+
+    name = "local"
+
+    def __init__(self, jobs: int = 1, function: Callable[[dict[str, Any]], dict[str, Any]] = convert_one) -> None:
+        if jobs < 1:
+            raise UsageError(f"--jobs must be at least 1, got {jobs}")
+        self.jobs = jobs
+        self.function = function
+        self.context = multiprocessing.get_context("spawn")
+
+    def _start(self) -> _Worker:
+        parent, child = self.context.Pipe()
+        process = self.context.Process(target=_serve, args=(child, self.function), daemon=True, name="ckpt-migrate-worker")
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def run(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        queue = deque(tasks)
+        workers = [self._start() for _ in range(min(self.jobs, len(queue)))]
+        try:
+            for worker in workers:
+                self._assign(worker, queue)
+            while any(w.task is not None for w in workers):
+                busy = [w for w in workers if w.task is not None]
+                wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+                for index, worker in enumerate(workers):
+                    if worker.task is None:
+                        continue
+                    result = self._collect(worker)
+                    if result is None:
+                        continue
+                    yield result
+                    if not worker.process.is_alive():
+                        self._stop(worker)
+                        worker = workers[index] = self._start() if queue else worker
+                    self._assign(worker, queue)
+        finally:
+            for worker in workers:
+                self._stop(worker)
+
+    def _collect(self, worker: _Worker) -> dict[str, Any] | None:
+        assert worker.task is not None
+        task = worker.task
+        try:
+            if worker.conn.poll():
+                worker.task = None
+                return worker.conn.recv()
+        except (EOFError, OSError):
+            pass
+        if worker.process.is_alive():
+            return None
+        worker.process.join(1)
+        worker.task = None
+        code = worker.process.exitcode
+        why = f"the worker process was killed by signal {-code}" if code is not None and code < 0 else f"the worker process exited with code {code}"
+        return crashed(task, f"{why} while converting this file (out of memory?)")
+
+    @staticmethod
+    def _assign(worker: _Worker, queue: deque) -> None:
+        if queue and worker.process.is_alive():
+            worker.task = queue.popleft()
+            worker.conn.send(worker.task)
+
+    @staticmethod
+    def _stop(worker: _Worker) -> None:
+        try:
+            if worker.process.is_alive():
+                worker.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        worker.process.join(5)
+        if worker.process.is_alive():
+            worker.process.terminate()
+            worker.process.join(5)
+        worker.conn.close()
+
+
+class RayExecutor:
+    """One Ray task per file, results streamed back with ``ray.wait`` as they finish.
+
+    Connects to ``address`` (``auto``, ``ray://host:10001``…) or starts a local Ray instance when
+    none is given and none is running; a Ray runtime this executor started is shut down after.
+    Workers write outputs themselves: on a multi-node cluster DST must be shared storage (an
+    ``s3://`` URL, a network file system) and ckpt-migrate installed on every node.
+
+    Raises:
+        MissingDependencyError: Ray is not installed.
+        CkptMigrateError: the cluster cannot be reached (raised when the run starts).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, jobs: int | None = None, window: int | None = None) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("--executor ray needs Ray, which is not installed; run: pip install ckpt-migrate[ray]") from None
+        self.address = address
+        self.jobs = jobs
+        self.window = window
+
+    def run(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        import ray
+
+        started_here = False
+        if not ray.is_initialized():
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.address:
+                options["address"] = self.address
+            elif self.jobs:
+                options["num_cpus"] = self.jobs
+            try:
+                ray.init(**options)
+            except Exception as error:  # noqa: BLE001 - Ray raises many types for an unreachable cluster
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+                raise CkptMigrateError(f"cannot start or reach {where}: {type(error).__name__}: {error}") from None
+            started_here = True
+        try:
+            remote = ray.remote(num_cpus=1, max_retries=1)(convert_one)
+            window = self.window or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
+            queue = deque(tasks)
+            pending: dict[Any, dict[str, Any]] = {}
+            while queue or pending:
+                while queue and len(pending) < window:
+                    task = queue.popleft()
+                    pending[remote.remote(task)] = task
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    task = pending.pop(ref)
+                    try:
+                        yield ray.get(ref)
+                    except Exception as error:  # noqa: BLE001 - a lost task fails its file only
+                        yield crashed(task, f"the Ray task failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def make_executor(name: str, *, jobs: int = 1, ray_address: str | None = None) -> Any:
+    """The executor called ``name`` (``local``, ``ray`` or ``inline``).
+
+    Raises:
+        UsageError: an unknown name or a bad ``jobs``.
+        MissingDependencyError: ``ray`` without Ray installed.
+    """
+    if name == "local":
+        return LocalExecutor(jobs)
+    if name == "ray":
+        return RayExecutor(ray_address, jobs if jobs > 1 else None)
+    if name == "inline":
+        return InlineExecutor()
+    raise UsageError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")

@@ -1,0 +1,124 @@
+"""The manifest DST keeps: one JSON record per line, the last record of a source wins.
+
+A run appends a ``started`` record for every file before dispatching it (made durable at once)
+and a result record (``done``, ``failed`` or ``refused``) when it comes back, so an output found
+under its final name after a crash is known to be ours. A run first compacts the file (latest
+record per source) through an atomic rename. Local result lines are written as they come (a
+killed process loses none) and fsync'ed at most every ``flush_seconds`` and at the end; on
+object stores an update replaces the whole object in one PUT on the same schedule. A machine
+crash therefore loses at most that much bookkeeping: those files are redone, their outputs
+being known as ours from the ``started`` records. A torn last line is ignored when reading, so
+the manifest is never unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable, Mapping
+
+from ckpt_migrate.errors import CkptMigrateError
+from ckpt_migrate.io.trees import Tree
+
+MANIFEST_NAME = ".ckpt-migrate-manifest.jsonl"
+LOCK_NAME = ".ckpt-migrate.lock"
+VERSION = 1
+
+FIELDS = ("source", "size", "mtime", "sha256", "output", "output_size", "output_mtime", "output_sha256", "status",
+          "reader", "format", "kind", "tensors", "seconds", "error", "exit_code", "options", "time")
+
+
+def parse(text: str) -> tuple[dict[str, dict[str, Any]], int]:
+    """The latest record per source in a manifest's text, and how many lines were unreadable."""
+    latest: dict[str, dict[str, Any]] = {}
+    bad = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("source"), str):
+            latest[record["source"]] = record
+        else:
+            bad += 1
+    return latest, bad
+
+
+def dumps(records: Iterable[Mapping[str, Any]]) -> str:
+    return "".join(json.dumps(dict(record), sort_keys=True, default=str) + "\n" for record in records)
+
+
+class Manifest:
+    """The manifest of one DST tree: read the latest records, compact, append new ones."""
+
+    def __init__(self, tree: Tree, flush_seconds: float = 2.0) -> None:
+        self.tree = tree
+        self.records: dict[str, dict[str, Any]] = {}
+        self.unreadable = 0
+        self.flush_seconds = flush_seconds
+        self._dirty = False
+        self._flushed = 0.0
+
+    def load(self) -> "Manifest":
+        """Read the manifest if DST has one (a missing DST or manifest is an empty manifest)."""
+        text = self.tree.read_text(MANIFEST_NAME) if self.tree.is_dir() else None
+        self.records, self.unreadable = parse(text or "")
+        return self
+
+    def compact(self) -> None:
+        """Rewrite the manifest with only the latest record per source (atomically).
+
+        Raises:
+            CkptMigrateError: the manifest cannot be written (a full disk, no permission).
+        """
+        try:
+            self.tree.replace_text(MANIFEST_NAME, dumps(self.records[key] for key in sorted(self.records)))
+        except OSError as error:
+            raise CkptMigrateError(f"cannot write the manifest: {error.strerror or error}", path=self.tree.url_of(MANIFEST_NAME)) from None
+        self._dirty = False
+        self._flushed = time.monotonic()
+
+    def flush(self) -> None:
+        """Make every record durable: fsync a local manifest, write an object store's.
+
+        Raises:
+            CkptMigrateError: the manifest cannot be written.
+        """
+        if not self._dirty:
+            return
+        if not self.tree.local:
+            self.compact()
+            return
+        try:
+            self.tree.sync(MANIFEST_NAME)
+        except OSError as error:
+            raise CkptMigrateError(f"cannot write the manifest: {error.strerror or error}", path=self.tree.url_of(MANIFEST_NAME)) from None
+        self._dirty = False
+        self._flushed = time.monotonic()
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Record results: written at once locally, durable within ``flush_seconds`` (see :meth:`flush`).
+
+        Raises:
+            CkptMigrateError: the manifest cannot be written.
+        """
+        batch = []
+        for record in records:
+            entry = {key: record.get(key) for key in FIELDS if record.get(key) is not None}
+            entry.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            entry["v"] = VERSION
+            self.records[entry["source"]] = entry
+            batch.append(entry)
+        if not batch:
+            return
+        self._dirty = True
+        if self.tree.local:
+            try:
+                self.tree.append_text(MANIFEST_NAME, dumps(batch), sync=False)
+            except OSError as error:
+                raise CkptMigrateError(f"cannot write the manifest: {error.strerror or error}", path=self.tree.url_of(MANIFEST_NAME)) from None
+        if time.monotonic() - self._flushed >= self.flush_seconds:
+            self.flush()

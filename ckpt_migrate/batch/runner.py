@@ -1,0 +1,285 @@
+"""``migrate``: plan a folder tree, convert what needs it with an executor, keep the manifest.
+
+The flow is one way: walk SRC → sniff each file by content → plan (destinations, resume
+decisions) → dispatch ``convert`` tasks → record each result in DST's manifest as it arrives →
+report. SRC is only ever read; a dry run reads DST's manifest and writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
+
+import ckpt_migrate.converters.registry as registry
+from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError
+import ckpt_migrate.batch.plan as planning
+from ckpt_migrate.batch.executors import make_executor
+from ckpt_migrate.batch.manifest import LOCK_NAME, MANIFEST_NAME, Manifest
+from ckpt_migrate.batch.progress import Reporter, Silent
+from ckpt_migrate.batch.report import FileResult, MigrateReport
+from ckpt_migrate.io.trees import Tree
+from ckpt_migrate.batch.worker import probe
+
+
+def writer_suffix(to: str, max_shard_size: str | None) -> str:
+    """The suffix outputs get: the writer's first suffix; none for folder outputs (sharded, DCP).
+
+    Raises:
+        UsageError: no writer is registered under ``to``.
+    """
+    if to not in registry.list_writers():
+        raise UsageError(f"--to {to!r}: no such writer; registered: {', '.join(registry.list_writers())}")
+    if max_shard_size and to == "safetensors":
+        return ""
+    suffixes = getattr(registry.WRITERS.entries()[to].load(), "suffixes", ()) or ()
+    return suffixes[0] if suffixes else ""
+
+
+def options_key(to: str, convert_options: dict[str, Any]) -> str:
+    """A digest of everything that shapes an output, so changing an option redoes the files.
+
+    Schema files are hashed by content, so editing a schema redoes the batch too.
+    """
+    described = {"to": to, **{k: v for k, v in convert_options.items() if k != "verify"}}
+    schema_hashes = []
+    for schema in convert_options.get("schemas") or ():
+        if os.path.isfile(schema):
+            with open(schema, "rb") as handle:
+                schema_hashes.append(hashlib.sha256(handle.read()).hexdigest())
+    described["schema_files"] = schema_hashes
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sniff_file(url: str) -> planning.Sniffed:
+    """Ask the registry which reader claims ``url`` by content (never by extension alone)."""
+    from ckpt_migrate.io.source import Source
+
+    try:
+        reader = registry.sniff(Source(url))
+    except UnsupportedFormatError as error:
+        return planning.Sniffed(False, reason=error.message.split(" (tried readers")[0])
+    except CkptMigrateError as error:
+        return planning.Sniffed(True, reason=error.message)
+    except OSError as error:
+        return planning.Sniffed(True, reason=f"cannot read: {error}")
+    return planning.Sniffed(True, reader.name)
+
+
+def _sniff_all(src: Tree, entries: Sequence[Any], records: dict[str, dict[str, Any]]) -> dict[str, planning.Sniffed]:
+    result: dict[str, planning.Sniffed] = {}
+    todo = []
+    for entry in entries:
+        if entry.skip_reason is not None:
+            continue
+        record = records.get(entry.rel)
+        if record and record.get("reader") and record.get("size") == entry.size and planning.same_time(record.get("mtime"), entry.mtime):
+            result[entry.rel] = planning.Sniffed(True, record["reader"])
+        else:
+            todo.append(entry.rel)
+    with ThreadPoolExecutor(max_workers=4 if src.local else 16) as pool:
+        for rel, sniffed in zip(todo, pool.map(lambda rel: sniff_file(src.url_of(rel)), todo)):
+            result[rel] = sniffed
+    return result
+
+
+@contextlib.contextmanager
+def _locked(tree: Tree) -> Iterator[None]:
+    """Hold DST's lock file so two runs never write the same tree at once (local trees only).
+
+    Raises:
+        CkptMigrateError: another live process holds the lock.
+    """
+    if not tree.local:
+        yield
+        return
+    path = tree.path(LOCK_NAME)
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as existing:
+                    pid = int(existing.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise CkptMigrateError(f"another migration (pid {pid}) is writing here; wait for it, or remove {LOCK_NAME} if it is gone",
+                                       path=tree.root) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            continue
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _file_result(item: planning.PlanItem, status: str) -> FileResult:
+    return FileResult(item.source, item.size, item.format, item.action, status, item.destination, item.kind,
+                      reason=item.reason, sha256=item.sha256)
+
+
+def _write_report(path: str, document: dict[str, Any]) -> None:
+    text = json.dumps(document, indent=2, default=str) + "\n"
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(path, "w") as handle:
+            handle.write(text)
+        return
+    path = path[len("file://"):] if path.startswith("file://") else path
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def migrate(
+    src_dir: str | os.PathLike,
+    dst_dir: str | os.PathLike,
+    *,
+    to: str = "safetensors",
+    jobs: int = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    report: str | None = None,
+    progress: Reporter | None = None,
+    select: str | None = None,
+    ema: bool = False,
+    schemas: Sequence[str] = (),
+    strict_schemas: bool = False,
+    dtype: str | None = None,
+    strip_optimizer: bool = False,
+    allow_calls: Sequence[str] = (),
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    trust_modules: Sequence[str] = (),
+    max_shard_size: str | None = None,
+    verify: bool = True,
+    probe_kinds: bool = True,
+) -> MigrateReport:
+    """Convert every checkpoint under ``src_dir`` into a mirrored tree under ``dst_dir``.
+
+    Files are recognised by content; others are skipped and counted. Each file is converted by
+    :func:`ckpt_migrate.api.convert` (atomic, verified) in isolation: a corrupt or refused file is
+    recorded and the batch goes on. DST's manifest makes a rerun skip what is done and unchanged
+    (``force`` redoes all); temporaries of interrupted runs are removed first. ``dry_run`` plans,
+    probes each file's kind (``probe_kinds``) and touches nothing. Paths may be fsspec URLs.
+
+    Raises:
+        UsageError: bad options, or SRC and DST overlap the wrong way (DST inside SRC is allowed).
+        MissingDependencyError: ``executor="ray"`` without Ray, or a URL whose fsspec backend is missing.
+        CkptMigrateError: SRC is not a folder, DST cannot be written, or another run holds DST.
+    """
+    started = time.perf_counter()
+    src_url, dst_url = os.fspath(src_dir), os.fspath(dst_dir)
+    suffix = writer_suffix(to, max_shard_size)
+    src, dst = Tree(src_url), Tree(dst_url)
+    if dst.relative(src) is not None:
+        raise UsageError("DST_DIR is SRC_DIR or contains it; choose a destination outside the source tree", path=dst_url)
+    if src.in_process_only or dst.in_process_only:
+        executor = "inline"
+    runner = make_executor(executor, jobs=jobs, ray_address=ray_address) if not dry_run else None
+    writer_options = {k: v for k, v in {"arch": arch, "arch_kwargs": arch_kwargs, "trust_modules": list(trust_modules)}.items() if v}
+    convert_options = {"select": select, "ema": ema, "schemas": list(schemas), "strict_schemas": strict_schemas, "dtype": dtype,
+                       "strip_optimizer": strip_optimizer, "allow_calls": list(allow_calls), "max_shard_size": max_shard_size,
+                       "verify": verify, **writer_options}
+    key = options_key(to, convert_options)
+
+    manifest = Manifest(dst).load()
+    entries = src.walk(exclude=src.relative(dst))
+    sniffed = _sniff_all(src, entries, manifest.records)
+    items = planning.build_plan(
+        entries, sniffed, suffix=suffix, options_key=key, records=manifest.records, dest_stat=dst.stat,
+        source_sha256=src.sha256, dest_sha256=dst.sha256, force=force, reserved=(MANIFEST_NAME, LOCK_NAME),
+    )
+    outcome = MigrateReport(src_url, dst_url, to, dry_run, getattr(runner, "name", executor), jobs,
+                            manifest=None if dry_run else dst.url_of(MANIFEST_NAME))
+    if dry_run:
+        for item in items:
+            if probe_kinds and item.action in (planning.CONVERT, planning.EXISTS) and item.kind is None:
+                item.kind, error = probe(src.url_of(item.source), select=select, ema=ema, allow_calls=tuple(allow_calls))
+                if error and not item.reason:
+                    item.reason = error
+            status = {planning.SKIP: "skipped", planning.UP_TO_DATE: "up-to-date"}.get(item.action, "planned")
+            outcome.files.append(_file_result(item, status))
+    else:
+        dst.makedirs()
+        with _locked(dst):
+            _execute(items, src, dst, manifest, runner, progress or Silent(), outcome, key, to, convert_options)
+    outcome.seconds = time.perf_counter() - started
+    if report:
+        _write_report(report, outcome.to_json())
+    return outcome
+
+
+def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Manifest, runner: Any, progress: Reporter,
+             outcome: MigrateReport, key: str, to: str, convert_options: dict[str, Any]) -> None:
+    for rel in sorted(dst.temporaries()):
+        dst.remove(rel)
+        outcome.cleaned.append(rel)
+    if manifest.records or manifest.unreadable:
+        manifest.compact()
+    results: dict[str, FileResult] = {}
+    for item in items:
+        if item.action == planning.SKIP:
+            results[item.source] = _file_result(item, "skipped")
+        elif item.action == planning.UP_TO_DATE:
+            results[item.source] = _file_result(item, "up-to-date")
+        elif item.action == planning.EXISTS:
+            entry = _file_result(item, "failed")
+            entry.error, entry.exit_code = f"{dst.url_of(item.destination or '')}: {item.reason}", 1
+            results[item.source] = entry
+    todo = [item for item in items if item.action == planning.CONVERT]
+    by_source = {item.source: item for item in todo}
+    manifest.append({"source": item.source, "size": item.size, "mtime": item.mtime, "output": item.destination,
+                     "status": "started", "options": key} for item in todo)
+    manifest.flush()
+    tasks = [{"index": index, "rel": item.source, "src": src.url_of(item.source), "dst_root": dst.url, "destination": item.destination,
+              "overwrite": item.overwrite, "to": to, "options": key, "convert": convert_options} for index, item in enumerate(todo)]
+    progress.start(len(todo), sum(item.size for item in todo))
+    try:
+        for result in runner.run(tasks):
+            item = by_source[result["source"]]
+            manifest.append([{**result, "size": item.size, "mtime": item.mtime}])
+            results[item.source] = _converted(item, result)
+            progress.advance(result, item.size)
+    finally:
+        progress.close()
+        manifest.flush()
+        outcome.files = [results[item.source] for item in items if item.source in results]
+
+
+def _converted(item: planning.PlanItem, result: dict[str, Any]) -> FileResult:
+    status = {"done": "converted", "refused": "refused"}.get(result.get("status", ""), "failed")
+    return FileResult(
+        item.source, item.size, item.format, item.action, status, item.destination,
+        result.get("kind"), reason=item.reason if status != "converted" else None, error=result.get("error"),
+        exit_code=int(result.get("exit_code") or 0), seconds=result.get("seconds"), sha256=result.get("sha256"),
+        reader=result.get("reader") or (item.format if item.format != "?" else None), tensors=result.get("tensors"),
+        output_size=result.get("output_size"), output_sha256=result.get("output_sha256"),
+    )

@@ -1,0 +1,172 @@
+"""Convert one file of a batch; runs in a worker process, a Ray task, or in-process.
+
+Everything crosses process boundaries as plain dicts. A worker never raises for a bad file: it
+returns a result whose ``status`` is ``done``, ``failed`` or ``refused`` (the file calls something
+outside the allowlist), so one bad file never stops the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from ckpt_migrate.io.atomic import TEMP_MARKER
+from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, VerificationError
+from ckpt_migrate.io.trees import CHUNK, Tree
+
+
+def convert_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Convert ``task["src"]`` to ``task["destination"]`` under ``task["dst_root"]``; report what happened.
+
+    Remote destinations are converted to a local temporary file first, uploaded under a temporary
+    key, checked (size and sha256 read back) and only then moved to the final name.
+    """
+    started = time.perf_counter()
+    result: dict[str, Any] = {"source": task["rel"], "index": task.get("index"), "output": task["destination"], "options": task.get("options")}
+    try:
+        result.update(_convert(task))
+        result["status"] = "done"
+    except CkptMigrateError as error:
+        result.update(status="refused" if error.exit_code == 3 else "failed", error=_one_line(str(error)), exit_code=error.exit_code)
+    except MemoryError:
+        result.update(status="failed", error=f"{task['src']}: out of memory while converting", exit_code=1)
+    except Exception as error:  # noqa: BLE001 - per-file isolation: any failure is this file's result, not the batch's
+        result.update(status="failed", error=_one_line(f"{task['src']}: {type(error).__name__}: {error}"), exit_code=1)
+    if result["status"] != "done":
+        result.pop("output", None)
+        if "sha256" not in result:
+            try:
+                from ckpt_migrate.io.source import Source
+
+                result["sha256"] = Source(task["src"]).sha256()
+            except Exception:  # noqa: BLE001 - the hash is informative for a failed file
+                pass
+    result["seconds"] = round(time.perf_counter() - started, 4)
+    return result
+
+
+def crashed(task: dict[str, Any], why: str) -> dict[str, Any]:
+    """The result for a file whose worker died (a hard crash, an OOM kill, a lost Ray task)."""
+    return {"source": task["rel"], "index": task.get("index"), "options": task.get("options"), "status": "failed",
+            "error": _one_line(f"{task['src']}: {why}"), "exit_code": 1, "seconds": 0.0}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _convert(task: dict[str, Any]) -> dict[str, Any]:
+    from ckpt_migrate.api import convert
+
+    tree = Tree(task["dst_root"])
+    options = dict(task.get("convert") or {})
+    if tree.local:
+        dst = tree.path(task["destination"])
+        converted = convert(task["src"], dst, to=task["to"], force=task.get("overwrite", False), **options)
+        size, mtime = tree.stat(task["destination"]) or (0, 0.0)
+        digest = tree.sha256(task["destination"])
+    else:
+        if tree.exists(task["destination"]) and not task.get("overwrite", False):
+            raise OutputExistsError("already exists; pass --force to overwrite it", path=tree.url_of(task["destination"]))
+        staging = tempfile.mkdtemp(prefix="ckpt-migrate-")
+        try:
+            local = os.path.join(staging, posixpath.basename(task["destination"]))
+            converted = convert(task["src"], local, to=task["to"], force=True, **options)
+            digest = upload(local, tree, task["destination"])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        size, mtime = tree.stat(task["destination"]) or (0, 0.0)
+    checkpoint = converted.checkpoint
+    return {
+        "sha256": checkpoint.meta.get("source_sha256"),
+        "reader": checkpoint.meta.get("reader"),
+        "format": checkpoint.format,
+        "kind": checkpoint.kind,
+        "tensors": converted.report.tensors,
+        "output_size": size,
+        "output_mtime": mtime,
+        "output_sha256": digest,
+        "verified": converted.report.verified,
+    }
+
+
+def _local_files(path: str) -> list[str]:
+    if not os.path.isdir(path):
+        return [""]
+    found = []
+    for folder, _, files in os.walk(path):
+        for name in files:
+            found.append(os.path.relpath(os.path.join(folder, name), path).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload(local: str, tree: Tree, rel: str) -> str:
+    """Copy a local file (or folder) to ``rel`` under a remote tree, never exposing a partial object.
+
+    Each file goes to a temporary key beside its final name, is read back and compared (size and
+    sha256), then moved to the final name. Returns the sha256 the tree reports for ``rel``.
+
+    Raises:
+        VerificationError: the uploaded bytes differ from the local file.
+    """
+    members = _local_files(local)
+    if tree.exists(rel) and (members != [""] or tree.fs.isdir(tree.path(rel))):
+        tree.remove(rel)
+    digests = {}
+    for member in members:
+        source = os.path.join(local, *member.split("/")) if member else local
+        target = f"{rel}/{member}" if member else rel
+        folder, name = posixpath.split(target)
+        temp = posixpath.join(folder, f".{name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        expected = _file_sha256(source)
+        try:
+            tree.fs.put_file(source, tree.path(temp))
+            found = tree.stat(temp)
+            if found is None or found[0] != os.path.getsize(source) or tree.sha256(temp) != expected:
+                raise VerificationError("the uploaded copy differs from the converted file", path=tree.url_of(target))
+            tree.fs.mv(tree.path(temp), tree.path(target))
+        finally:
+            tree.remove(temp)
+        digests[member] = expected
+    if members == [""]:
+        return digests[""]
+    digest = hashlib.sha256()
+    for member in members:
+        digest.update(f"{member}\0{digests[member]}\n".encode())
+    return digest.hexdigest()
+
+
+def probe(url: str, *, select: str | None = None, ema: bool = False, allow_calls: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """A cheap look at a file's kind for a dry run: parse its pickle, read no tensor bytes.
+
+    Returns ``(kind, error)``; kind is ``refused`` for a file that calls something outside the
+    allowlist and ``?`` when the file cannot be opened (``error`` says why).
+    """
+    from ckpt_migrate.api import read_raw
+    from ckpt_migrate.bundle.extract import Extraction, extract
+
+    try:
+        raw, _ = read_raw(url, allow_calls=allow_calls, collect_only=True)
+        refused = [use.name for use in raw.globals.values() if use.verdict == "refused"]
+        if refused:
+            return "refused", f"{url}: refused: calls {', '.join(refused)}"
+        found = Extraction(raw.root, {}, "state_dict") if raw.tensors_only else extract(raw.root, select=select, ema=ema, fmt=raw.format)
+        return found.kind, None
+    except CkptMigrateError as error:
+        return ("refused" if error.exit_code == 3 else "?"), _one_line(str(error))
+    except Exception as error:  # noqa: BLE001 - a dry run reports, it does not stop
+        return "?", _one_line(f"{url}: {type(error).__name__}: {error}")

@@ -1,0 +1,45 @@
+"""Reader for plain pickles (``pickle.dump`` rather than ``torch.save``), through the safe interpreter.
+
+Tensors in a plain pickle carry their storages as nested ``torch.storage._load_from_bytes``
+payloads, which go back through the same interpreter. Files of other tools (numpy-only objects,
+old PyBrain networks) open as inert data and are then reported as holding no weights.
+"""
+
+from __future__ import annotations
+
+from ckpt_migrate.errors import NotMyFormat
+from ckpt_migrate.io.source import Source
+from ckpt_migrate.unpickler import Interpreter, Policy
+from ckpt_migrate.unpickler.static import looks_like_pickle
+from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
+from ckpt_migrate.converters.readers.torch_legacy import looks_legacy, nested_loader
+
+
+class PlainPickleReader(Reader):
+    """A plain pickle stream of any protocol (0-5)."""
+
+    name = "pickle"
+    description = "plain pickle (pickle.dump), protocols 0-5, opened by the safe interpreter"
+
+    def sniff(self, head: bytes, source: Source) -> None:
+        if looks_legacy(head):
+            raise NotMyFormat()
+        if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+            return
+        if looks_like_pickle(head):
+            return
+        raise NotMyFormat()
+
+    def read(self, source: Source, options: ReadOptions) -> RawRead:
+        data = source.map()
+        interpreter = Interpreter(
+            data,
+            path=source.name,
+            load_nested=nested_loader(source.name, options, depth=1),
+            policy=Policy(options.allow_calls, options.collect_only),
+            limits=options.limits,
+            where="pickle",
+        )
+        result = interpreter.run()
+        trailing = len(data) - interpreter.pos
+        return RawRead(result.value, "pickle", result.globals, {"trailing_bytes": trailing} if trailing else {})

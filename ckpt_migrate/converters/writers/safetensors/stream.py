@@ -1,0 +1,619 @@
+"""The streaming safetensors path: plan the header from tensor references, copy byte ranges, verify by comparison.
+
+Torch-free. It applies when every tensor of a checkpoint is a :class:`TensorRef` whose bytes lie in a
+local file or an in-memory buffer, or a dtype cast of one. A contiguous little-endian tensor is one
+byte range: copied through a few cache-sized buffers, or by the kernel (``os.copy_file_range``,
+else ``os.sendfile``) when source and destination share their offset within a page and nothing
+needs the bytes in user space. A strided view is gathered, a big-endian storage byte-swapped and a
+cast computed chunk by chunk with numpy. Memory stays constant whatever the file size.
+Verification reads every written piece back (on a second thread, overlapping the copy) and compares
+it with the bytes it came from, then parses the header again with the strict reader of
+:mod:`.safetensors_`; :func:`verify_stream` does the same as a separate full pass.
+
+Anything it cannot reproduce bit for bit (derived tensors other than casts, remote sources, types
+safetensors lacks, a cast meeting NaNs whose bit patterns torch chooses per kernel) raises
+:class:`CannotStream`, and the writer falls back to the general torch path.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import queue
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import ckpt_migrate.model.dtypes as _dtypes
+from ckpt_migrate.model.checkpoint import ByteSource, DerivedTensor, TensorRef
+from ckpt_migrate.errors import CorruptFileError, VerificationError
+
+CHUNK_BYTES = 8 << 20
+WINDOW_BYTES = 32 << 20
+COPY_BUFFER_BYTES = 1 << 20
+VERIFY_BUFFERS = 4
+KERNEL_COPY_MAX = 1 << 30
+PAGE = mmap.PAGESIZE
+CASTABLE = ("float64", "float32", "float16", "bfloat16")
+CAST_TARGETS = ("float32", "float16", "bfloat16")
+
+_COPY_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM, errno.EBADF, errno.ETXTBSY}
+_kernel_copy_ok: dict[str, bool] = {"copy_file_range": hasattr(os, "copy_file_range"), "sendfile": hasattr(os, "sendfile")}
+
+
+class CannotStream(Exception):
+    """Private signal: the streaming path cannot be exact here; only the safetensors writer catches it."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One output tensor: its name, output dtype and shape, the reference it comes from, and its data offsets."""
+
+    name: str
+    dtype: _dtypes.DType
+    shape: tuple[int, ...]
+    ref: TensorRef
+    begin: int
+    end: int
+
+    @property
+    def raw(self) -> bool:
+        """True when the output bytes are one contiguous range of the source, copied as they are."""
+        return self.dtype == self.ref.dtype and self.ref.is_contiguous() and not _needs_swap(self.ref)
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """The complete layout of an output file: header bytes (length prefix, JSON, padding) and entries in data order."""
+
+    entries: tuple[Entry, ...]
+    header: bytes
+    metadata: dict[str, str]
+
+    @property
+    def data_start(self) -> int:
+        return len(self.header)
+
+    @property
+    def size(self) -> int:
+        return self.data_start + (self.entries[-1].end if self.entries else 0)
+
+
+def _needs_swap(ref: TensorRef) -> bool:
+    return ref.byteorder == "big" and ref.dtype.itemsize > 1
+
+
+def _cast_source(value: DerivedTensor) -> TensorRef | None:
+    inputs = value.inputs
+    if len(inputs) != 1 or not isinstance(inputs[0], TensorRef) or value.description != f"cast to {value.dtype.name}":
+        return None
+    if tuple(inputs[0].shape) != tuple(value.shape) or value.quantization or inputs[0].quantization:
+        return None
+    return inputs[0]
+
+
+def _entry_source(name: str, value: Any) -> tuple[TensorRef, _dtypes.DType]:
+    """The reference a tensor's bytes come from and the dtype it is written as.
+
+    Raises:
+        CannotStream: the tensor is derived by something other than a supported cast, or its type or bytes do not fit.
+    """
+    if isinstance(value, TensorRef):
+        ref, dtype = value, value.dtype
+    elif isinstance(value, DerivedTensor) and (source := _cast_source(value)) is not None:
+        ref, dtype = source, value.dtype
+        if ref.dtype.name not in CASTABLE or dtype.name not in CAST_TARGETS:
+            raise CannotStream(f"tensor {name!r}: cast {ref.dtype.name} -> {dtype.name} is not streamed")
+    elif isinstance(value, DerivedTensor):
+        raise CannotStream(f"tensor {name!r} is computed ({value.description or 'derived'})")
+    else:
+        raise CannotStream(f"tensor {name!r} is a {type(value).__name__}, not a tensor reference")
+    if ref.quantization or ref.dtype.kind == "quantized" or dtype.safetensors is None or ref.dtype.safetensors is None:
+        raise CannotStream(f"tensor {name!r} is {ref.dtype.name}, which has no plain safetensors code")
+    if ref.dtype.itemsize not in (1, 2, 4, 8):
+        raise CannotStream(f"tensor {name!r} has {ref.dtype.itemsize}-byte elements")
+    source = ref.storage.source
+    if source.buffer is None and source.local_path is None:
+        raise CannotStream(f"tensor {name!r} lives in {source.name}, which is not a local file")
+    return ref, dtype
+
+
+def plan_stream(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> StreamPlan:
+    """Lay out a safetensors file for ``tensors`` from their references alone (nothing is read).
+
+    Data are ordered by element size, largest first (as the safetensors library does, so every
+    tensor is aligned), keeping the checkpoint's order within a size; tied tensors get one copy
+    per name.
+
+    Raises:
+        CannotStream: some tensor cannot be streamed exactly (the caller falls back to torch).
+        CorruptFileError: a tensor's bytes lie past the end of its file.
+    """
+    items: list[tuple[str, TensorRef, _dtypes.DType]] = []
+    sizes: dict[str, int] = {}
+    for name, value in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise CannotStream(f"tensor name {name!r} is not a plain string key")
+        ref, dtype = _entry_source(name, value)
+        source = ref.storage.source
+        if ref.storage.nbytes > source.length:
+            raise CorruptFileError(f"storage of tensor {name!r} needs {ref.storage.nbytes} bytes but its range holds {source.length}", path=source.name)
+        if source.buffer is None:
+            size = sizes.setdefault(source.name, os.path.getsize(source.name))
+            if source.offset + ref.storage.nbytes > size:
+                raise CorruptFileError(f"storage of tensor {name!r} runs past the end of the file (truncated)", path=source.name)
+        items.append((name, ref, dtype))
+    items.sort(key=lambda item: -item[2].itemsize)
+    entries: list[Entry] = []
+    cursor = 0
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    for name, ref, dtype in items:
+        nbytes = ref.numel * dtype.itemsize
+        entries.append(Entry(name, dtype, tuple(ref.shape), ref, cursor, cursor + nbytes))
+        header[name] = {"dtype": dtype.safetensors, "shape": list(ref.shape), "data_offsets": [cursor, cursor + nbytes]}
+        cursor += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return StreamPlan(tuple(entries), struct.pack("<Q", len(text)) + text, dict(metadata))
+
+
+class _Files:
+    """Read-only descriptors of the source files, opened once each."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def __enter__(self) -> "_Files":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def fd(self, source: ByteSource) -> int:
+        if source.name not in self.fds:
+            self.fds[source.name] = os.open(source.name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return self.fds[source.name]
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, name: str) -> None:
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise CorruptFileError(f"file ends at byte {offset + done}, before the {len(view)} bytes a tensor needs (truncated)", path=name)
+        done += count
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int) -> int:
+    """Bytes copied in the kernel (``copy_file_range``, else ``sendfile``); -1 when neither works here."""
+    if _kernel_copy_ok["copy_file_range"]:
+        try:
+            return os.copy_file_range(src_fd, dst_fd, length, src_offset, dst_offset)
+        except OSError as error:
+            if error.errno not in _COPY_ERRNOS:
+                raise
+            _kernel_copy_ok["copy_file_range"] = False
+    if _kernel_copy_ok["sendfile"]:
+        try:
+            os.lseek(dst_fd, dst_offset, os.SEEK_SET)
+            return os.sendfile(dst_fd, src_fd, src_offset, length)
+        except OSError as error:
+            if error.errno not in _COPY_ERRNOS:
+                raise
+            _kernel_copy_ok["sendfile"] = False
+    return -1
+
+
+def _uint(width: int) -> Any:
+    import numpy
+
+    return numpy.dtype(f"<u{width}")
+
+
+def _rows_per_piece(shape: tuple[int, ...], stride: tuple[int, ...], out_limit: int, window_limit: float) -> tuple[int, int, int | None]:
+    """How :func:`_blocks` cuts a view: ``(numel, span, rows)``.
+
+    ``rows`` is ``None`` when the whole view is one piece, else how many leading rows fit a piece
+    (0 when one row must itself be cut). ``span`` is the storage elements the view reaches over.
+    """
+    numel = 1
+    for size in shape:
+        numel *= size
+    span = 1 + sum((size - 1) * step for size, step in zip(shape, stride)) if numel else 0
+    if not shape or (numel <= out_limit and span <= window_limit):
+        return numel, span, None
+    row_numel = numel // shape[0]
+    row_span = 1 + sum((size - 1) * s for size, s in zip(shape[1:], stride[1:]))
+    rows = out_limit // row_numel if row_numel else shape[0]
+    if stride[0]:
+        rows = min(rows, int((window_limit - row_span) // stride[0]) + 1 if window_limit >= row_span else 0)
+    return numel, span, rows
+
+
+def _blocks(shape: tuple[int, ...], stride: tuple[int, ...], base: int, out_limit: int, window_limit: float) -> Iterator[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
+    """Row-major pieces of a strided view, in element units: ``(window_start, window_len, shape, stride)``.
+
+    Each piece's output fits ``out_limit`` elements and the storage window it reads fits
+    ``window_limit`` elements, except a single element (always one piece).
+    """
+    numel, span, rows = _rows_per_piece(shape, stride, out_limit, window_limit)
+    if numel == 0:
+        return
+    if rows is None:
+        yield base, span, shape, stride
+        return
+    row_span = 1 + sum((size - 1) * s for size, s in zip(shape[1:], stride[1:]))
+    if rows >= 1:
+        for first in range(0, shape[0], rows):
+            count = min(rows, shape[0] - first)
+            yield base + first * stride[0], (count - 1) * stride[0] + row_span, (count,) + shape[1:], stride
+        return
+    for index in range(shape[0]):
+        yield from _blocks(shape[1:], stride[1:], base + index * stride[0], out_limit, window_limit)
+
+
+def _read_cost(shape: tuple[int, ...], stride: tuple[int, ...], out_limit: int, window_limit: int) -> int:
+    """Storage elements :func:`_blocks` would read for a view (an upper bound, computed without iterating)."""
+    numel, span, rows = _rows_per_piece(shape, stride, out_limit, window_limit)
+    if numel == 0 or rows is None:
+        return span
+    row_span = 1 + sum((size - 1) * s for size, s in zip(shape[1:], stride[1:]))
+    if rows >= 1:
+        return -(-shape[0] // rows) * ((rows - 1) * stride[0] + row_span)
+    return shape[0] * _read_cost(shape[1:], stride[1:], out_limit, window_limit)
+
+
+def _gathered(ref: TensorRef, files: _Files) -> Iterator[Any]:
+    """The elements of ``ref`` in row-major order, as contiguous unsigned-integer numpy arrays of bounded size.
+
+    A view whose rows cannot be read in bounded windows without rereading its storage many times
+    is served from a read-only memory map of its whole span instead.
+
+    Raises:
+        CorruptFileError: the file ends before the tensor's bytes.
+    """
+    import numpy
+
+    width = ref.dtype.itemsize
+    dtype = _uint(width)
+    source = ref.storage.source
+    out_limit = max(1, CHUNK_BYTES // width)
+    window_limit = max(1, WINDOW_BYTES // width)
+    numel, span, _ = _rows_per_piece(ref.shape, ref.stride, out_limit, window_limit)
+    mapped: Any = None
+    if numel and _read_cost(ref.shape, ref.stride, out_limit, window_limit) > 2 * max(span, numel):
+        window_limit = span
+        if source.buffer is None:
+            start = source.offset + ref.offset * width
+            aligned = start - start % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(files.fd(source), start - aligned + span * width, access=mmap.ACCESS_READ, offset=aligned)
+            mapped_base = start - aligned - ref.offset * width
+
+    def window(first: int, count: int) -> Any:
+        if source.buffer is not None:
+            return numpy.frombuffer(source.buffer, dtype, count, source.offset + first * width)
+        if mapped is not None:
+            return numpy.frombuffer(mapped, dtype, count, mapped_base + first * width)
+        array = numpy.empty(count, dtype)
+        _pread_into(files.fd(source), memoryview(array).cast("B"), source.offset + first * width, source.name)
+        return array
+
+    for first, count, shape, stride in _blocks(ref.shape, ref.stride, ref.offset, out_limit, window_limit):
+        data = window(first, count)
+        view = numpy.lib.stride_tricks.as_strided(data, shape, tuple(s * width for s in stride), writeable=False)
+        yield numpy.ascontiguousarray(view).reshape(-1)
+        del data, view
+
+
+def _swapped(block: Any, dtype: _dtypes.DType) -> Any:
+    parts = 2 if dtype.kind == "complex" else 1
+    return block.view(_uint(dtype.itemsize // parts)).byteswap().view(block.dtype)
+
+
+def _to_float32(block: Any, dtype: _dtypes.DType) -> Any:
+    import numpy
+
+    if dtype.name == "bfloat16":
+        return (block.astype(numpy.uint32) << 16).view(numpy.float32)
+    native = {"float64": numpy.float64, "float32": numpy.float32, "float16": numpy.float16}[dtype.name]
+    values = block.view(native)
+    return values if native is numpy.float32 else values.astype(numpy.float32)
+
+
+def _cast(block: Any, source: _dtypes.DType, target: _dtypes.DType, name: str) -> Any:
+    """Cast raw element bits as torch's ``Tensor.to`` does on CPU (round to nearest even, through float32).
+
+    Raises:
+        CannotStream: the block holds NaNs, whose output bit patterns torch picks per kernel.
+    """
+    import numpy
+
+    with numpy.errstate(all="ignore"):
+        values = _to_float32(block, source)
+        if numpy.isnan(values).any():
+            raise CannotStream(f"tensor {name!r} holds NaNs, whose bits after a cast only torch decides")
+        if target.name == "float32":
+            return values.view(numpy.uint32)
+        if target.name == "float16":
+            return values.astype(numpy.float16).view(numpy.uint16)
+        bits = values.view(numpy.uint32).astype(numpy.uint64)
+        return ((bits + ((bits >> 16) & 1) + 0x7FFF) >> 16).astype(numpy.uint16)
+
+
+def entry_chunks(entry: Entry, files: _Files) -> Iterator[Any]:
+    """The output bytes of a gathered, byte-swapped or cast tensor, as bounded uint8 numpy arrays.
+
+    Raises:
+        CannotStream: a cast meets NaNs.
+        CorruptFileError: the source ends early.
+    """
+    ref = entry.ref
+    for block in _gathered(ref, files):
+        if _needs_swap(ref):
+            block = _swapped(block, ref.dtype)
+        if entry.dtype != ref.dtype:
+            block = _cast(block, ref.dtype, entry.dtype, entry.name)
+        yield block.view("u1")
+
+
+def _source_start(entry: Entry) -> int:
+    return entry.ref.storage.source.offset + entry.ref.offset * entry.ref.dtype.itemsize
+
+
+class _Output:
+    """The file being written, through a few cache-sized buffers.
+
+    When verifying, a second thread reads every written piece back and compares it with the
+    buffer it was written from while the next piece is copied (the buffers rotate between them),
+    so verification overlaps the copy instead of following it.
+    """
+
+    def __init__(self, fd: int, path: str, verify: bool, label: str) -> None:
+        self.fd, self.path, self.label = fd, path, label
+        self.free: "queue.SimpleQueue[bytearray]" = queue.SimpleQueue()
+        for _ in range(VERIFY_BUFFERS if verify else 1):
+            self.free.put(bytearray(COPY_BUFFER_BYTES))
+        self.failure: BaseException | None = None
+        self.pending: "queue.SimpleQueue[tuple[bytearray, int, int, str] | None] | None" = None
+        self.checker: threading.Thread | None = None
+        if verify:
+            self.pending = queue.SimpleQueue()
+            self.checker = threading.Thread(target=self._check_pieces, args=(self.pending,), name="ckpt-migrate-verify", daemon=True)
+            self.checker.start()
+
+    def _check_pieces(self, pending: "queue.SimpleQueue[tuple[bytearray, int, int, str] | None]") -> None:
+        check = bytearray(COPY_BUFFER_BYTES)
+        while (item := pending.get()) is not None:
+            buffer, count, position, name = item
+            try:
+                if self.failure is None:
+                    _pread_into(self.fd, memoryview(check)[:count], position, self.path)
+                    if count < len(buffer):
+                        memoryview(check)[count:] = memoryview(buffer)[count:]
+                    if check != buffer:
+                        self.failure = VerificationError(f"tensor {name!r} read back from the output differs from the source", path=self.label)
+            except BaseException as error:  # noqa: BLE001 - handed to the writing thread
+                self.failure = error
+            self.free.put(buffer)
+
+    def _take(self) -> bytearray:
+        buffer = self.free.get()
+        if self.failure is not None:
+            self.free.put(buffer)
+            raise self.failure
+        return buffer
+
+    def _send(self, buffer: bytearray, count: int, position: int, name: str) -> None:
+        _pwrite_all(self.fd, memoryview(buffer)[:count], position)
+        if self.pending is None:
+            self.free.put(buffer)
+        else:
+            self.pending.put((buffer, count, position, name))
+
+    def put(self, data: memoryview, position: int, name: str) -> None:
+        """Write bytes held in memory at ``position`` (through the buffers when verifying).
+
+        Raises:
+            VerificationError: an earlier piece read back differently.
+        """
+        if self.pending is None:
+            _pwrite_all(self.fd, data, position)
+            return
+        for done in range(0, len(data), COPY_BUFFER_BYTES):
+            count = min(len(data) - done, COPY_BUFFER_BYTES)
+            buffer = self._take()
+            memoryview(buffer)[:count] = data[done: done + count]
+            self._send(buffer, count, position + done, name)
+
+    def copy(self, src_fd: int, src_offset: int, position: int, length: int, source_name: str, name: str) -> None:
+        """Copy a source range to ``position``.
+
+        Without verification, ranges at the same offset within a page are copied by the kernel;
+        the rest (and everything when verifying) goes through the cache-sized buffers, which
+        measured faster than the kernel's copy of misaligned ranges and lets each piece be read
+        back while it is still in cache.
+
+        Raises:
+            CorruptFileError: the source ends early.
+            VerificationError: an earlier piece read back differently.
+        """
+        while length > 0:
+            count = -1
+            if self.pending is None and (src_offset - position) % PAGE == 0:
+                count = _kernel_copy(src_fd, src_offset, self.fd, position, min(length, KERNEL_COPY_MAX))
+            if count < 0:
+                buffer = self._take()
+                count = os.preadv(src_fd, [memoryview(buffer)[: min(length, len(buffer))]], src_offset)
+                if count:
+                    self._send(buffer, count, position, name)
+                else:
+                    self.free.put(buffer)
+            if count == 0:
+                raise CorruptFileError(f"file ends at byte {src_offset}, {length} bytes before the end of tensor {name!r} (truncated)", path=source_name)
+            src_offset += count
+            position += count
+            length -= count
+
+    def close(self) -> None:
+        """Wait for the pieces still being checked; raise the first failure.
+
+        Raises:
+            VerificationError: a piece read back differently.
+        """
+        if self.checker is not None and self.pending is not None:
+            self.pending.put(None)
+            self.checker.join()
+            self.checker = None
+        if self.failure is not None:
+            raise self.failure
+
+
+def _write_entry(entry: Entry, position: int, out: _Output, files: _Files) -> None:
+    source = entry.ref.storage.source
+    length = entry.end - entry.begin
+    if entry.raw and source.buffer is None:
+        out.copy(files.fd(source), _source_start(entry), position, length, source.name, entry.name)
+    elif entry.raw:
+        start = _source_start(entry)
+        out.put(memoryview(source.buffer)[start: start + length], position, entry.name)
+    else:
+        for chunk in entry_chunks(entry, files):
+            out.put(memoryview(chunk), position, entry.name)
+            position += chunk.nbytes
+
+
+def _entry_matches(entry: Entry, position: int, out: int, files: _Files, buffers: tuple[bytearray, bytearray], path: str) -> bool:
+    """True when the output bytes of ``entry`` equal its source range (or its recomputed gather, swap or cast)."""
+    if not entry.raw:
+        for chunk in entry_chunks(entry, files):
+            got = bytearray(chunk.nbytes)
+            _pread_into(out, memoryview(got), position, path)
+            if got != chunk.tobytes():
+                return False
+            position += chunk.nbytes
+        return True
+    source = entry.ref.storage.source
+    start, remaining = _source_start(entry), entry.end - entry.begin
+    expected, found = buffers
+    while remaining > 0:
+        count = min(remaining, len(expected))
+        if source.buffer is not None:
+            want = memoryview(source.buffer)[start: start + count]
+        else:
+            want = memoryview(expected)[:count]
+            _pread_into(files.fd(source), want, start, source.name)
+        got = memoryview(found)[:count]
+        _pread_into(out, got, position, path)
+        if not ((expected == found) if count == len(expected) and source.buffer is None else want.tobytes() == got.tobytes()):
+            return False
+        start += count
+        position += count
+        remaining -= count
+    return True
+
+
+def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None) -> None:
+    """Write the planned file at ``path`` (created or truncated), tensor by tensor in data order.
+
+    With ``verify_source`` (the name errors give), every piece is read back right after it is
+    written and compared with the source bytes it came from (on a second thread, overlapping
+    the copy), and the size and header are checked at the end; :func:`verify_stream` is the
+    same check as a separate full pass.
+
+    Raises:
+        CannotStream: a cast meets NaNs (the caller removes ``path`` and falls back).
+        CorruptFileError: a source file ends early.
+        VerificationError: the output differs from the plan or the sources.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+    out = _Output(fd, path, verify_source is not None, verify_source or path)
+    try:
+        with _Files() as files:
+            _pwrite_all(fd, memoryview(plan.header), 0)
+            for entry in plan.entries:
+                if entry.end > entry.begin:
+                    _write_entry(entry, plan.data_start + entry.begin, out, files)
+        out.close()
+    finally:
+        try:
+            out.close()
+        except BaseException:  # noqa: BLE001 - the error already propagating wins
+            pass
+        os.close(fd)
+    if verify_source is not None:
+        _check_file(plan, path, verify_source)
+
+
+def _check_file(plan: StreamPlan, path: str, source: str) -> None:
+    if os.path.getsize(path) != plan.size:
+        raise VerificationError(f"written file holds {os.path.getsize(path)} bytes, {plan.size} were planned", path=source)
+    with open(path, "rb") as handle:
+        head = handle.read(len(plan.header))
+    if head != plan.header:
+        raise VerificationError("written header differs from the planned one", path=source)
+    check_header(path, planned_header(plan), plan.metadata, source)
+
+
+def check_header(path: str, expected: Mapping[str, tuple[str, list[int], list[int]]], metadata: Mapping[str, str], source: str) -> None:
+    """Parse ``path``'s header with the strict reader and compare it with what was meant to be written.
+
+    ``expected`` maps each name to ``(dtype code, shape, data_offsets)``.
+
+    Raises:
+        VerificationError: the header does not parse, or names, types, shapes, offsets or metadata differ.
+    """
+    from ckpt_migrate.errors import CorruptFileError as Corrupt
+    from ckpt_migrate.converters.readers.safetensors_file import MAX_HEADER_BYTES, parse_header
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        raw = prefix + handle.read(min(length, MAX_HEADER_BYTES + 1))
+    try:
+        header, found_metadata, _ = parse_header(raw, size, path)
+    except Corrupt as error:
+        raise VerificationError(f"written file does not parse as safetensors: {error.message}", path=source) from None
+    found = {name: (entry["dtype"], list(entry["shape"]), list(entry["data_offsets"])) for name, entry in header.items()}
+    if found != {name: (code, list(shape), list(offsets)) for name, (code, shape, offsets) in expected.items()}:
+        differ = sorted(set(found) ^ set(expected)) or sorted(n for n in expected if found.get(n) != expected[n])
+        raise VerificationError(f"written header differs from the plan (first: {differ[0]!r})", path=source)
+    if found_metadata != dict(metadata):
+        raise VerificationError("written metadata differs from the plan", path=source)
+
+
+def planned_header(plan: StreamPlan) -> dict[str, tuple[str, list[int], list[int]]]:
+    """Name → (dtype code, shape, data offsets) of a plan, as :func:`check_header` compares them."""
+    return {e.name: (e.dtype.safetensors or "", list(e.shape), [e.begin, e.end]) for e in plan.entries}
+
+
+def verify_stream(plan: StreamPlan, path: str, source: str) -> None:
+    """Read ``path`` back and compare it with the plan and the sources, tensor by tensor, in bounded chunks.
+
+    Checks the size, the header bytes and what the strict header parser reads from them, and
+    every tensor's bytes against its source range (or its recomputed gather, swap or cast).
+
+    Raises:
+        VerificationError: any difference, naming the first tensor that differs.
+    """
+    _check_file(plan, path, source)
+    buffers = (bytearray(COPY_BUFFER_BYTES), bytearray(COPY_BUFFER_BYTES))
+    out = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        with _Files() as files:
+            for entry in plan.entries:
+                if not _entry_matches(entry, plan.data_start + entry.begin, out, files, buffers, path):
+                    raise VerificationError(f"tensor {entry.name!r} read back from the output differs from the source", path=source)
+    finally:
+        os.close(out)

@@ -1,0 +1,248 @@
+"""Writer for safetensors files: streamed byte ranges when exact, torch otherwise; provenance metadata; bit-for-bit verification."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from typing import Any, Mapping
+
+from ckpt_migrate.io.atomic import atomic_path, remove_quietly
+from ckpt_migrate.model.checkpoint import Checkpoint
+from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError, VerificationError
+from ckpt_migrate.bundle.plain import scalar, to_plain
+from ckpt_migrate.converters.base import WriteOptions, WriteReport, Writer
+
+SHA256_PLACEHOLDER = "0" * 64
+SCALAR_EXTRAS = ("epoch", "loss", "step", "global_step", "best_acc", "acc", "best_prec1", "best_loss")
+
+
+def safetensors_metadata(checkpoint: Checkpoint) -> dict[str, str]:
+    """str → str metadata: provenance, the bundle's scalar extras as JSON, quantization parameters."""
+    meta = checkpoint.meta
+    out = {"format": "pt"}
+    for key in ("source", "source_sha256", "reader", "tool", "kind"):
+        if meta.get(key) is not None:
+            out[key] = str(meta[key])
+    if meta.get("schemas"):
+        out["schemas"] = json.dumps(meta["schemas"])
+    for key, value in checkpoint.extras.items():
+        number = scalar(value)
+        if number is not None and (key in SCALAR_EXTRAS or isinstance(number, (int, float))) and not isinstance(number, str):
+            out[str(key)] = json.dumps(number)
+    quantized = {name: ref.quantization for name, ref in checkpoint.tensors.items() if getattr(ref, "quantization", None)}
+    if quantized:
+        out["quantization"] = json.dumps(to_plain(quantized))
+    for key, value in (meta.get("safetensors_metadata") or {}).items():
+        out.setdefault(key, value)
+    return out
+
+
+def check_representable(checkpoint: Checkpoint) -> None:
+    """Refuse element types safetensors cannot store.
+
+    Raises:
+        UnsupportedFormatError: a tensor's dtype has no safetensors code.
+    """
+    for name, ref in checkpoint.tensors.items():
+        if ref.dtype.safetensors is None and ref.dtype.kind != "quantized":
+            raise UnsupportedFormatError(
+                f"tensor {name!r} is {ref.dtype.name}, which safetensors cannot store; use --to normalized, or --dtype to cast",
+                path=checkpoint.meta.get("source"),
+            )
+
+
+def bytes_equal(a: Any, b: Any) -> bool:
+    """True when two tensors have the same dtype, shape and bytes (NaNs compare by bit pattern)."""
+    import torch
+
+    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+        return False
+    if a.numel() == 0:
+        return True
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def verify_file(path: str, expected: dict[str, Any], source: str) -> None:
+    """Read ``path`` back and compare every tensor with ``expected``.
+
+    Raises:
+        VerificationError: a key is missing or extra, or any tensor differs in dtype, shape or bits.
+    """
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        keys = set(handle.keys())
+        if keys != set(expected):
+            missing = sorted(set(expected) - keys)[:5]
+            extra = sorted(keys - set(expected))[:5]
+            raise VerificationError(f"written file has different keys (missing {missing}, extra {extra})", path=source)
+        for name, tensor in expected.items():
+            if not bytes_equal(handle.get_tensor(name), tensor):
+                raise VerificationError(f"tensor {name!r} read back from the output differs from the source", path=source)
+
+
+def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str], *, verify: bool, source: str,
+                  stream: bool | None = None) -> dict[str, Any]:
+    """Write ``tensors`` as one safetensors file at ``path`` (not atomic: the caller owns the temporary name).
+
+    Streams byte ranges without torch when that is exact (see :mod:`.stream`), else materializes
+    with torch; ``stream=False`` forces torch, ``stream=True`` forbids the fallback. Returns how it
+    was written: ``{"path": "stream"}`` or ``{"path": "general", "fallback": reason}``.
+
+    Raises:
+        VerificationError: the output does not read back equal to the source.
+        UsageError: ``stream=True`` and the tensors cannot be streamed exactly.
+        CorruptFileError: a source file ends before a tensor's bytes.
+    """
+    from ckpt_migrate.converters.writers.safetensors.stream import CannotStream, plan_stream, write_stream
+
+    reason = "streaming disabled"
+    if stream is not False:
+        try:
+            write_stream(plan_stream(tensors, metadata), path, verify_source=source if verify else None)
+            return {"path": "stream"}
+        except CannotStream as why:
+            if stream:
+                raise UsageError(f"cannot stream exactly: {why}", path=source) from None
+            reason = str(why)
+            remove_quietly(path)
+    from safetensors.torch import save_file
+
+    from ckpt_migrate.model.materialize import materialize_all
+
+    materialized = {name: tensor.contiguous().clone() for name, tensor in materialize_all(tensors).items()}
+    save_file(materialized, path, metadata=metadata)
+    if verify:
+        verify_file(path, materialized, source)
+    return {"path": "general", "fallback": reason}
+
+
+class SourceDigest:
+    """The source file's sha256 for the metadata, when asked for, computed in a background thread while the output is written.
+
+    Hashing reads every byte of the source once more and runs at about half the speed of a copy,
+    so ``api.convert`` skips it at load time for writers that set ``hashes_source`` and this writer
+    takes it only with ``source_hash=True`` (or when the checkpoint already carries it). It then
+    overlaps the copy and the verification; the metadata is written with
+    :data:`SHA256_PLACEHOLDER` (same length) and patched in place once the hash is known.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, wanted: bool) -> None:
+        self.checkpoint = checkpoint
+        self.value: str | None = checkpoint.meta.get("source_sha256")
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        source = checkpoint.meta.get("source")
+        if wanted and self.value is None and isinstance(source, str) and source:
+            self.thread = threading.Thread(target=self._run, args=(source,), name="ckpt-migrate-sha256", daemon=True)
+            self.thread.start()
+
+    def _run(self, source: str) -> None:
+        from ckpt_migrate.io.source import Source
+
+        try:
+            self.value = Source(source).sha256()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the writer's thread by result()
+            self.error = error
+
+    @property
+    def pending(self) -> bool:
+        return self.thread is not None
+
+    def metadata(self, checkpoint: Checkpoint) -> dict[str, str]:
+        """The checkpoint's safetensors metadata, with the placeholder while the hash is pending."""
+        metadata = safetensors_metadata(checkpoint)
+        if self.pending:
+            metadata["source_sha256"] = SHA256_PLACEHOLDER
+        return metadata
+
+    def result(self) -> str | None:
+        """Wait for the hash, record it in the checkpoint's meta and return it.
+
+        Raises:
+            CkptMigrateError: the source could not be read again.
+        """
+        if self.thread is not None:
+            self.thread.join()
+            if self.error is not None:
+                if isinstance(self.error, CkptMigrateError):
+                    raise self.error
+                raise CkptMigrateError(f"cannot hash the source: {self.error}", path=self.checkpoint.meta.get("source"))
+            self.checkpoint.meta["source_sha256"] = self.value
+        return self.value
+
+    def finish(self, paths: list[str], source: str) -> None:
+        """Patch the real hash into each written file's metadata and check it reads back.
+
+        Raises:
+            VerificationError: the placeholder is not found exactly once, or the patched header does not read back.
+        """
+        if not self.pending:
+            return
+        value = self.result() or ""
+        for path in paths:
+            patch_metadata(path, "source_sha256", SHA256_PLACEHOLDER, value, source)
+
+
+def patch_metadata(path: str, key: str, old: str, new: str, source: str) -> None:
+    """Replace the metadata value ``old`` of ``key`` by ``new`` (same length) in place, then reparse the header.
+
+    Raises:
+        VerificationError: the value is not found exactly once, the lengths differ, or the header no longer reads back.
+    """
+    from ckpt_migrate.converters.readers.safetensors_file import parse_header
+
+    needle = json.dumps(key).encode() + b":" + json.dumps(old).encode()
+    replacement = json.dumps(new).encode()
+    if len(replacement) != len(json.dumps(old).encode()):
+        raise VerificationError(f"metadata {key!r} cannot be patched with a value of another length", path=source)
+    with open(path, "r+b") as handle:
+        prefix = handle.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        header = handle.read(length)
+        at = header.find(needle)
+        if at < 0 or header.find(needle, at + 1) >= 0:
+            raise VerificationError(f"metadata {key!r} placeholder not found once in the written header", path=source)
+        handle.seek(8 + at + len(needle) - len(replacement))
+        handle.write(replacement)
+        handle.seek(0)
+        raw = handle.read(8 + length)
+    _, metadata, _ = parse_header(raw, os.path.getsize(path), path)
+    if metadata.get(key) != new:
+        raise VerificationError(f"metadata {key!r} does not read back after patching", path=source)
+
+
+class SafetensorsWriter(Writer):
+    """One ``.safetensors`` file, or a Hugging Face sharded folder with ``--max-shard-size``.
+
+    Tied tensors are written under every name. The streaming path (no torch, constant memory) is
+    used whenever it is exact; ``extra["stream"]`` forces it (True) or the torch path (False).
+    ``hashes_source``: ``load`` does not hash the source for this writer; ``extra["source_hash"]``
+    asks for the sha256 in the metadata, taken here while the output is written.
+    """
+
+    name = "safetensors"
+    description = "safetensors file (or sharded folder with --max-shard-size)"
+    suffixes = (".safetensors",)
+    requires = ("safetensors", "torch")
+    hashes_source = True
+
+    def write(self, checkpoint: Checkpoint, dst: str, options: WriteOptions) -> WriteReport:
+        check_representable(checkpoint)
+        if options.max_shard_size:
+            from ckpt_migrate.converters.writers.safetensors.sharded import write_sharded
+
+            return write_sharded(checkpoint, dst, options)
+        if dst.endswith(os.sep) or os.path.isdir(dst):
+            raise UsageError("is a folder; a single safetensors file needs a file name (or pass --max-shard-size for shards)", path=dst)
+        digest = SourceDigest(checkpoint, bool(options.extra.get("source_hash", True)))
+        metadata = digest.metadata(checkpoint)
+        source = str(checkpoint.meta.get("source", dst))
+        with atomic_path(dst, options.force) as tmp:
+            details = write_tensors(checkpoint.tensors, tmp, metadata, verify=options.verify, source=source,
+                                    stream=options.extra.get("stream"))
+            digest.finish([tmp], source)
+        size = os.path.getsize(dst)
+        return WriteReport([dst], len(checkpoint.tensors), size, options.verify, {"metadata": safetensors_metadata(checkpoint), **details})

@@ -1,0 +1,102 @@
+"""Where a checkpoint's bytes come from: a local file or any fsspec URL.
+
+Readers get a :class:`Source`; they read the head for sniffing, map or read ranges, and hand out
+:class:`~ckpt_migrate.model.checkpoint.ByteSource` ranges for tensors without reading them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ckpt_migrate.model.checkpoint import ByteSource
+from ckpt_migrate.errors import CkptMigrateError
+
+
+@dataclass
+class Source:
+    """A checkpoint input: ``name`` for messages, ``url`` to open (a local path or an fsspec URL)."""
+
+    url: str
+
+    @property
+    def name(self) -> str:
+        return self.url
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url or self.url.startswith("file://")
+
+    @property
+    def local_path(self) -> str:
+        return self.url[len("file://"):] if self.url.startswith("file://") else self.url
+
+    def open(self) -> BinaryIO:
+        """Open the input for binary reading.
+
+        Raises:
+            CkptMigrateError: the file does not exist or cannot be read.
+        """
+        try:
+            if self.is_local:
+                return open(self.local_path, "rb")
+            import fsspec
+
+            return fsspec.open(self.url, "rb").open()
+        except FileNotFoundError:
+            raise CkptMigrateError("no such file", path=self.name) from None
+        except IsADirectoryError:
+            raise CkptMigrateError("is a directory, not a checkpoint file", path=self.name) from None
+        except OSError as error:
+            raise CkptMigrateError(f"cannot read: {error.strerror or error}", path=self.name) from None
+
+    def size(self) -> int:
+        if self.is_local:
+            return os.path.getsize(self.local_path)
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(self.url)
+        return int(fs.size(path))
+
+    def head(self, size: int = 4096) -> bytes:
+        if self.is_local and os.path.isdir(self.local_path):
+            return b""
+        with self.open() as handle:
+            return handle.read(size)
+
+    def map(self) -> memoryview:
+        """The whole input as a read-only buffer: an mmap for local files, bytes otherwise."""
+        if self.is_local:
+            with open(self.local_path, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size == 0:
+                    return memoryview(b"")
+                return memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        with self.open() as handle:
+            return memoryview(handle.read())
+
+    def byte_source(self, offset: int, length: int) -> ByteSource:
+        """A range of this input that a tensor's storage occupies."""
+        if self.is_local:
+            return ByteSource(self.local_path, offset, length)
+        return ByteSource(self.url, offset, length, opener=self.open)
+
+    def sha256(self) -> str:
+        """The SHA-256 of the file; of a local folder (DCP, shards): of its files' relative names and bytes, sorted."""
+        digest = hashlib.sha256()
+        if self.is_local and os.path.isdir(self.local_path):
+            for root, dirs, files in os.walk(self.local_path):
+                dirs.sort()
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    digest.update(os.path.relpath(path, self.local_path).encode("utf-8") + b"\0")
+                    with open(path, "rb") as handle:
+                        while chunk := handle.read(1 << 22):
+                            digest.update(chunk)
+            return digest.hexdigest()
+        with self.open() as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+        return digest.hexdigest()

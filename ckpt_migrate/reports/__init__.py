@@ -1,0 +1,1 @@
+"""reports: see the package docstring of ckpt_migrate for the layout."""

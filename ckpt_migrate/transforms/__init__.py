@@ -1,0 +1,1 @@
+"""transforms: see the package docstring of ckpt_migrate for the layout."""
