@@ -12,6 +12,7 @@ from ckpt_migrate.model.checkpoint import Checkpoint, GlobalVerdict
 from ckpt_migrate.converters.base import RawRead, ReadOptions, WriteOptions, WriteReport
 from ckpt_migrate.errors import CkptMigrateError, SelectionError, UsageError
 from ckpt_migrate.bundle.extract import Extraction, extract
+from ckpt_migrate.converters.readers.deepspeed import refuse_partitioned_rank
 from ckpt_migrate.bundle.plain import to_plain
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.unpickler import DEFAULT_LIMITS, Limits
@@ -90,6 +91,7 @@ def extract_weights(raw: RawRead, *, select: str | None = None, ema: bool = Fals
     """
     if raw.tensors_only:
         return Extraction(raw.root, {}, "state_dict")
+    refuse_partitioned_rank(raw.root)
     try:
         return extract(raw.root, select=select, ema=ema, fmt=raw.format)
     except SelectionError as error:
@@ -216,6 +218,10 @@ def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: 
     if refused:
         report.update(kind="refused", tensors=[], extras={})
         return report
+    try:
+        refuse_partitioned_rank(raw.root)
+    except CkptMigrateError as error:
+        raise error.with_path(path)
     try:
         found = extract_weights(raw, select=select, ema=ema)
     except CkptMigrateError as error:

@@ -21,6 +21,7 @@ BUILTIN_READERS: dict[str, str] = {
     "torch-legacy": "ckpt_migrate.converters.readers.torch_legacy:TorchLegacyReader",
     "torch-tar": "ckpt_migrate.converters.readers.torch_legacy:TorchTarReader",
     "dcp": "ckpt_migrate.converters.dcp:DcpReader",
+    "deepspeed": "ckpt_migrate.converters.readers.deepspeed:DeepSpeedReader",
     "pickle": "ckpt_migrate.converters.readers.plain_pickle:PlainPickleReader",
 }
 

@@ -62,6 +62,46 @@ class ByteSource:
         return None
 
 
+@dataclass(frozen=True)
+class PiecedSource(ByteSource):
+    """One storage whose bytes lie in several ranges, read in order (a parameter stitched from partitions).
+
+    ``name`` labels it; ``length`` is the sum of the pieces. Reading touches only the pieces a range
+    overlaps, so a consumer holds at most what it asked for.
+    """
+
+    pieces: tuple[ByteSource, ...] = ()
+
+    def spans(self, start: int, size: int) -> Iterator[tuple[ByteSource, int, int]]:
+        """The pieces covering ``[start, start + size)``: each piece, the start within it and the count.
+
+        Raises:
+            CorruptFileError: the range is outside the storage.
+        """
+        if start < 0 or size < 0 or start + size > self.length:
+            raise CorruptFileError(f"read of {size} bytes at {start} is outside a {self.length}-byte storage", path=self.name)
+        base = 0
+        for piece in self.pieces:
+            if size <= 0:
+                return
+            if start < base + piece.length:
+                within = max(0, start - base)
+                count = min(piece.length - within, size)
+                yield piece, within, count
+                start += count
+                size -= count
+            base += piece.length
+
+    def read(self, start: int = 0, size: int | None = None) -> bytes:
+        if size is None:
+            size = self.length - start
+        return b"".join(piece.read(within, count) for piece, within, count in self.spans(start, size))
+
+    @property
+    def local_path(self) -> str | None:
+        return None
+
+
 @dataclass(eq=False)
 class StorageRef:
     """One storage: a flat run of ``numel`` elements of ``dtype`` in ``source``.

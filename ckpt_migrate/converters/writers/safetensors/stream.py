@@ -1,7 +1,8 @@
 """The streaming safetensors path: plan the header from tensor references, copy byte ranges, verify by comparison.
 
 Torch-free. It applies when every tensor of a checkpoint is a :class:`TensorRef` whose bytes lie in a
-local file or an in-memory buffer, or a dtype cast of one. A contiguous little-endian tensor is one
+local file or an in-memory buffer (or several such ranges in order: a
+parameter stitched from partitions), or a dtype cast of one. A contiguous little-endian tensor is one
 byte range: copied through a few cache-sized buffers, or by the kernel (``os.copy_file_range``,
 else ``os.sendfile``) when source and destination share their offset within a page and nothing
 needs the bytes in user space. A strided view is gathered, a big-endian storage byte-swapped and a
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import ckpt_migrate.model.dtypes as _dtypes
-from ckpt_migrate.model.checkpoint import ByteSource, DerivedTensor, TensorRef
+from ckpt_migrate.model.checkpoint import ByteSource, DerivedTensor, PiecedSource, TensorRef
 from ckpt_migrate.errors import CorruptFileError, VerificationError
 
 CHUNK_BYTES = 8 << 20
@@ -116,6 +117,12 @@ def _entry_source(name: str, value: Any) -> tuple[TensorRef, _dtypes.DType]:
     if ref.dtype.itemsize not in (1, 2, 4, 8):
         raise CannotStream(f"tensor {name!r} has {ref.dtype.itemsize}-byte elements")
     source = ref.storage.source
+    if isinstance(source, PiecedSource):
+        if dtype != ref.dtype or not ref.is_contiguous() or _needs_swap(ref):
+            raise CannotStream(f"tensor {name!r} is stitched from several byte ranges and needs a cast, gather or byte swap")
+        if any(piece.buffer is None and piece.local_path is None for piece in source.pieces):
+            raise CannotStream(f"tensor {name!r} has bytes outside local files")
+        return ref, dtype
     if source.buffer is None and source.local_path is None:
         raise CannotStream(f"tensor {name!r} lives in {source.name}, which is not a local file")
     return ref, dtype
@@ -141,10 +148,11 @@ def plan_stream(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Stre
         source = ref.storage.source
         if ref.storage.nbytes > source.length:
             raise CorruptFileError(f"storage of tensor {name!r} needs {ref.storage.nbytes} bytes but its range holds {source.length}", path=source.name)
-        if source.buffer is None:
-            size = sizes.setdefault(source.name, os.path.getsize(source.name))
-            if source.offset + ref.storage.nbytes > size:
-                raise CorruptFileError(f"storage of tensor {name!r} runs past the end of the file (truncated)", path=source.name)
+        for piece in source.pieces if isinstance(source, PiecedSource) else (source,):
+            if piece.buffer is None:
+                size = sizes.setdefault(piece.name, os.path.getsize(piece.name))
+                if piece.offset + (piece.length if piece is not source else ref.storage.nbytes) > size:
+                    raise CorruptFileError(f"storage of tensor {name!r} runs past the end of the file (truncated)", path=piece.name)
         items.append((name, ref, dtype))
     items.sort(key=lambda item: -item[2].itemsize)
     entries: list[Entry] = []
@@ -482,7 +490,14 @@ class _Output:
 def _write_entry(entry: Entry, position: int, out: _Output, files: _Files) -> None:
     source = entry.ref.storage.source
     length = entry.end - entry.begin
-    if entry.raw and source.buffer is None:
+    if entry.raw and isinstance(source, PiecedSource):
+        for piece, within, count in source.spans(entry.ref.offset * entry.ref.dtype.itemsize, length):
+            if piece.buffer is None:
+                out.copy(files.fd(piece), piece.offset + within, position, count, piece.name, entry.name)
+            else:
+                out.put(memoryview(piece.buffer)[piece.offset + within: piece.offset + within + count], position, entry.name)
+            position += count
+    elif entry.raw and source.buffer is None:
         out.copy(files.fd(source), _source_start(entry), position, length, source.name, entry.name)
     elif entry.raw:
         start = _source_start(entry)
@@ -504,7 +519,18 @@ def _entry_matches(entry: Entry, position: int, out: int, files: _Files, buffers
             position += chunk.nbytes
         return True
     source = entry.ref.storage.source
-    start, remaining = _source_start(entry), entry.end - entry.begin
+    if isinstance(source, PiecedSource):
+        for piece, within, count in source.spans(entry.ref.offset * entry.ref.dtype.itemsize, entry.end - entry.begin):
+            if not _range_matches(piece, piece.offset + within, count, position, out, files, buffers, path):
+                return False
+            position += count
+        return True
+    return _range_matches(source, _source_start(entry), entry.end - entry.begin, position, out, files, buffers, path)
+
+
+def _range_matches(source: ByteSource, start: int, remaining: int, position: int, out: int, files: _Files,
+                   buffers: tuple[bytearray, bytearray], path: str) -> bool:
+    """True when ``remaining`` output bytes at ``position`` equal the source's bytes from ``start``."""
     expected, found = buffers
     while remaining > 0:
         count = min(remaining, len(expected))
