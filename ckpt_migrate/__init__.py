@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckpt_migrate.api import TOOL_VERSION as __version__
+from ckpt_migrate.model.provenance import TOOL_VERSION as __version__
 from ckpt_migrate.api import convert, inspect, load
 from ckpt_migrate.model.checkpoint import Checkpoint, TensorRef
 from ckpt_migrate import errors
@@ -16,8 +16,8 @@ from ckpt_migrate.batch import migrate
 
 _LAZY = {
     "scan": ("ckpt_migrate.reports.scan", "scan"),
-    "diff": ("ckpt_migrate.reports.warmstart", "diff"),
-    "check": ("ckpt_migrate.reports.warmstart", "check"),
+    "diff": ("ckpt_migrate.reports.diff", "diff"),
+    "check": ("ckpt_migrate.reports.check", "check"),
 }
 
 __all__ = ["Checkpoint", "TensorRef", "__version__", "check", "convert", "diff", "errors", "inspect", "load", "migrate", "scan"]

@@ -4,33 +4,46 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.io.atomic import check_destination
-from ckpt_migrate.model.checkpoint import Checkpoint, GlobalVerdict
-from ckpt_migrate.converters.base import RawRead, ReadOptions, WriteOptions, WriteReport
+from ckpt_migrate.model.checkpoint import Checkpoint
+from ckpt_migrate.converters.base import RawRead, ReadOptions, WriteReport
 from ckpt_migrate.errors import CkptMigrateError, SelectionError, UsageError
 from ckpt_migrate.bundle.extract import Extraction, extract
 from ckpt_migrate.converters.readers.deepspeed import refuse_partitioned_rank
 from ckpt_migrate.bundle.plain import to_plain
 from ckpt_migrate.io.source import Source
+from ckpt_migrate.options import ConvertOptions
+from ckpt_migrate.model.provenance import TOOL_LABEL
 from ckpt_migrate.unpickler import DEFAULT_LIMITS, Limits
+from ckpt_migrate.unpickler.budget import Budget
+from ckpt_migrate.unpickler.verdicts import UNSAFE, file_verdict, unknown_calls_warning
 
-TOOL_VERSION = "0.1.0"
 
 
-def read_raw(src: str, *, allow_calls: Iterable[str] = (), limits: Limits = DEFAULT_LIMITS, collect_only: bool = False) -> tuple[RawRead, str]:
+def read_raw(src: str, *, allow_calls: Iterable[str] = (), limits: Limits = DEFAULT_LIMITS, collect_only: bool = False,
+             strict_calls: bool = False) -> tuple[RawRead, str]:
     """Sniff ``src`` and run its reader; return what it found and the reader's name.
+
+    This is the one path every command takes to a file's verdicts (``raw.globals``): ``convert``
+    and ``load`` stop at a refusal, ``inspect`` and ``scan`` collect every verdict. The file gets
+    one resource budget, shared by all of its pickles.
 
     Raises:
         UnsupportedFormatError: no reader recognises the file.
-        UnsafeFileError: the file calls something outside the allowlist.
+        UnsafeFileError: the file names a known gadget (or, with ``strict_calls``, calls a name outside the allowlist).
         CorruptFileError: the file is malformed.
+        LimitExceededError: the file asks for more work or memory than its budget.
     """
     source = Source(str(src))
     reader = registry.sniff(source)
-    options = ReadOptions(frozenset(allow_calls), limits, collect_only)
+    try:
+        size = source.size() if not os.path.isdir(source.name) else 0
+    except (OSError, CkptMigrateError):
+        size = 0
+    options = ReadOptions(frozenset(allow_calls), limits, collect_only, strict_calls, Budget(limits, size))
     try:
         raw = reader.read(source, options)
     except CkptMigrateError as error:
@@ -46,8 +59,12 @@ def load(
     allow_calls: Iterable[str] = (),
     limits: Limits = DEFAULT_LIMITS,
     hash_source: bool = True,
+    strict_calls: bool = False,
 ) -> Checkpoint:
     """Open any supported checkpoint without executing code from it.
+
+    Calls of names outside the allowlist are kept as inert records and named in
+    ``meta["warnings"]``; with ``strict_calls`` they refuse the file instead.
 
     Raises:
         UnsupportedFormatError: no reader recognises the file.
@@ -56,7 +73,7 @@ def load(
         SelectionError: no weights, or an ambiguous bundle without ``select``.
     """
     path = os.fspath(src)
-    raw, reader_name = read_raw(path, allow_calls=allow_calls, limits=limits)
+    raw, reader_name = read_raw(path, allow_calls=allow_calls, limits=limits, strict_calls=strict_calls)
     try:
         found = extract_weights(raw, select=select, ema=ema)
     except CkptMigrateError as error:
@@ -68,18 +85,24 @@ def load(
         "reader": reader_name,
         "format": raw.format,
         "kind": found.kind,
-        "tool": f"ckpt-migrate {TOOL_VERSION}",
+        "tool": TOOL_LABEL,
         "selected": found.selected,
         "classes": found.classes,
         **raw.meta,
     }
+    if found.note:
+        meta["holds"] = found.note
+    warning = unknown_calls_warning(raw.globals)
+    if warning:
+        meta["warnings"] = [*meta.get("warnings", []), warning]
     return Checkpoint(
+        account=found.account,
         tensors=found.tensors,
         extras=found.extras,
         meta=meta,
         format=raw.format,
         kind=found.kind,
-        globals=[GlobalVerdict(u.name, u.verdict, u.reason, u.offset) for u in raw.globals.values()],
+        globals=list(raw.globals.values()),
     )
 
 
@@ -111,6 +134,11 @@ class ConvertResult:
     report: WriteReport
     checkpoint: Checkpoint = field(repr=False)
 
+    @property
+    def source_sha256(self) -> str | None:
+        """The source's sha256, whether it was taken at load time or by the writer as it copied."""
+        return self.report.source_sha256 or self.checkpoint.meta.get("source_sha256")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "src": self.src,
@@ -127,71 +155,65 @@ class ConvertResult:
         }
 
 
-def prepare(
-    checkpoint: Checkpoint,
-    *,
-    schemas: Sequence[str] = (),
-    dtype: str | None = None,
-    strip_optimizer: bool = False,
-    strict_schemas: bool = False,
-) -> Checkpoint:
+def prepare(checkpoint: Checkpoint, options: ConvertOptions) -> Checkpoint:
     """Apply the transforms of ``convert`` in order: schemas, dtype cast, optimizer stripping.
+
+    Args:
+        checkpoint: what a reader and the bundle selection produced.
+        options: the conversion's options (``schemas``, ``strict_schemas``, ``dtype``, ``strip_optimizer``).
+
+    Returns:
+        A new checkpoint; the input is not modified.
 
     Raises:
         SchemaError: a schema is malformed or would collide keys.
-        UsageError: an unknown ``dtype``.
     """
     import ckpt_migrate.transforms.pipeline as transforms
 
-    if schemas:
+    if options.schemas:
         from ckpt_migrate.transforms.schemas import apply_to_checkpoint
 
-        checkpoint = apply_to_checkpoint(checkpoint, schemas, strict=strict_schemas)
-    if dtype and dtype != "keep":
-        checkpoint = transforms.cast_floating(checkpoint, dtype)
-    if strip_optimizer:
+        checkpoint = apply_to_checkpoint(checkpoint, options.schemas, strict=options.strict_schemas)
+    if options.dtype and options.dtype != "keep":
+        checkpoint = transforms.cast_floating(checkpoint, options.dtype)
+    if options.strip_optimizer:
         checkpoint = transforms.strip_optimizer(checkpoint)
     return checkpoint
 
 
-def convert(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    to: str | None = None,
-    select: str | None = None,
-    ema: bool = False,
-    schemas: Sequence[str] = (),
-    dtype: str | None = None,
-    strip_optimizer: bool = False,
-    allow_calls: Iterable[str] = (),
-    verify: bool = True,
-    force: bool = False,
-    max_shard_size: str | None = None,
-    strict_schemas: bool = False,
-    **writer_options: Any,
-) -> ConvertResult:
+def convert(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOptions | None = None, **kwargs: Any) -> ConvertResult:
     """Read ``src`` safely, transform it, write ``dst`` atomically and verify it.
 
+    Args:
+        src: the checkpoint file or folder to read (never modified).
+        dst: the output path; its suffix picks the writer unless ``to`` is given.
+        options: a :class:`~ckpt_migrate.options.ConvertOptions`; keyword arguments (the same
+            field names: ``to``, ``select``, ``ema``, ``schemas``, ``dtype``, ``strip_optimizer``,
+            ``max_shard_size``, ``arch``, ``verify``, ``force``, ...) override its fields.
+
+    Returns:
+        A :class:`ConvertResult` with the writer's report and the checkpoint that was written.
+
     Raises:
+        TypeError: an unknown keyword argument.
         CkptMigrateError: any subclass; its ``exit_code`` says how the CLI exits.
     """
+    options = ConvertOptions.from_kwargs(options, **kwargs)
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.abspath(src) == os.path.abspath(dst):
         raise UsageError("the destination is the source; inputs are never modified", path=dst)
-    if to:
-        writer_name = to
-    elif max_shard_size:
-        writer_name = "safetensors"
-    else:
-        writer_name = registry.writer_for_destination(dst)
+    to_folder = options.to in (None, "safetensors") and not options.max_shard_size and _shard_set_to_folder(src, dst)
+    writer_name = options.to or ("safetensors" if options.max_shard_size or to_folder else registry.writer_for_destination(dst))
+    if writer_name not in registry.list_writers():
+        raise UsageError(f"--to {writer_name!r}: no such writer; registered: {', '.join(registry.list_writers())}")
     writer = registry.get_writer(writer_name)
-    check_destination(dst, force)
-    checkpoint = load(src, select=select, ema=ema, allow_calls=allow_calls, hash_source=not getattr(writer, "hashes_source", False))
-    checkpoint = prepare(checkpoint, schemas=schemas, dtype=dtype, strip_optimizer=strip_optimizer, strict_schemas=strict_schemas)
-    if not checkpoint.tensors and writer_name == "safetensors":
-        raise CkptMigrateError("no tensors to write", path=src)
-    options = WriteOptions(verify=verify, force=force, max_shard_size=max_shard_size, extra=writer_options)
+    if not to_folder:
+        check_destination(dst, options.force)
+    hash_source = options.source_hash and not getattr(writer, "hashes_source", False)
+    checkpoint = load(src, select=options.select, ema=options.ema, allow_calls=options.allow_calls, hash_source=hash_source,
+                      strict_calls=options.strict_calls)
+    checkpoint = prepare(checkpoint, options)
+    check_nothing_lost(checkpoint, writer_name, src)
     try:
         report = writer.write(checkpoint, dst, options)
     except CkptMigrateError as error:
@@ -199,23 +221,68 @@ def convert(
     return ConvertResult(src, dst, writer_name, report, checkpoint)
 
 
-def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: str | None = None, ema: bool = False) -> dict[str, Any]:
+WRITERS_KEEPING_EXTRAS = ("normalized",)
+"""Writers that keep a bundle's other values (optimizer state…) beside the weights."""
+
+
+def check_nothing_lost(checkpoint: Checkpoint, writer_name: str, src: str) -> None:
+    """Refuse a conversion that would write no weights, or drop weight-bearing storages without a reason.
+
+    Args:
+        checkpoint: what is about to be written (its ``account`` made at load time).
+        writer_name: the writer that will write it.
+        src: the source, for messages.
+
+    Raises:
+        SelectionError: the file holds no model weights (what it holds is said) and the writer keeps only weights.
+        CkptMigrateError: storages of the source would be left out with no stated reason.
+    """
+    keeps_extras = writer_name in WRITERS_KEEPING_EXTRAS
+    if not checkpoint.tensors and not keeps_extras and (checkpoint.meta.get("holds") or writer_name == "safetensors"):
+        raise SelectionError(checkpoint.meta.get("holds") or "no tensors to write", path=src)
+    lost = checkpoint.account.unexplained if checkpoint.account is not None and not keeps_extras else []
+    if lost:
+        shown = ", ".join(f"{e.where} ({e.nbytes} bytes)" for e in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        raise CkptMigrateError(
+            f"would leave out {len(lost)} weight-bearing storage(s) with no known reason: {shown}; nothing written "
+            f"(choose the weights with --select KEY, or keep everything with --to normalized)", path=src)
+
+
+def _shard_set_to_folder(src: str, dst: str) -> bool:
+    """True when ``src`` is a pickled ``.bin`` shard set and ``dst`` names no format by its suffix (a folder)."""
+    from ckpt_migrate.converters.readers.bin_shards import is_bin_shard_set
+
+    if not is_bin_shard_set(src):
+        return False
+    try:
+        registry.writer_for_destination(dst)
+    except CkptMigrateError:
+        return True
+    return False
+
+
+def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: str | None = None, ema: bool = False,
+            strict_calls: bool = False) -> dict[str, Any]:
     """A JSON-able report: format, kind, tensors, extras, metadata and every global with its verdict.
 
-    Refused globals do not stop the report (nothing is executed either way); ``verdict`` says
-    ``refused`` and the CLI exits 3.
+    Refused globals do not stop the report (nothing is executed either way). ``verdict`` is the
+    file's verdict as ``scan`` gives it: ``clean``, ``unknown-calls`` (``warning`` names them) or
+    ``unsafe`` (the CLI exits 3).
 
     Raises:
         UnsupportedFormatError: no reader recognises the file.
         CorruptFileError: the file is malformed.
     """
     path = os.fspath(src)
-    raw, reader_name = read_raw(path, allow_calls=allow_calls, collect_only=True)
-    globals_ = [{"name": u.name, "verdict": u.verdict, "reason": u.reason, "offset": u.offset} for u in raw.globals.values()]
-    refused = [g["name"] for g in globals_ if g["verdict"] == "refused"]
+    raw, reader_name = read_raw(path, allow_calls=allow_calls, collect_only=True, strict_calls=strict_calls)
+    globals_ = [u.to_json() for u in raw.globals.values()]
+    verdict = file_verdict(raw.globals)
     report: dict[str, Any] = {"file": path, "format": raw.format, "reader": reader_name, "globals": globals_,
-                              "verdict": "refused" if refused else "ok", "meta": to_plain(raw.meta)}
-    if refused:
+                              "verdict": verdict, "meta": to_plain(raw.meta)}
+    warning = unknown_calls_warning(raw.globals)
+    if warning:
+        report["warning"] = warning
+    if verdict == UNSAFE:
         report.update(kind="refused", tensors=[], extras={})
         return report
     try:
@@ -239,6 +306,10 @@ def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: 
         extras=to_plain(found.extras),
         epoch=to_plain(found.extras.get("epoch")),
     )
+    if found.note:
+        report["holds"] = found.note
+    if found.account is not None:
+        report["storages"] = found.account.to_json()
     report["architecture"] = _guess_architecture(found.tensors)
     return report
 

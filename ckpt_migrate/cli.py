@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from typing import Any
 
@@ -48,7 +49,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="ckpt-migrate")
+@click.version_option(package_name="ckpt-migrate", prog_name="ckpt-migrate")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 @click.pass_context
 def main_group(ctx: click.Context, debug: bool) -> None:
@@ -61,8 +62,23 @@ def main_group(ctx: click.Context, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point."""
-    return main_group.main(args=argv, prog_name="ckpt-migrate")
+    """Console-script entry point: exit 2 on every usage error, with a JSON error document under ``--json``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return main_group.main(args=args, prog_name="ckpt-migrate", standalone_mode=False)
+    except click.exceptions.UsageError as error:
+        error.show()
+        if "--json" in args:
+            click.echo(json.dumps({"error": error.format_message(), "path": None, "exit_code": 2}, indent=2))
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as stop:
+        sys.exit(stop.exit_code)
+    except click.exceptions.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
 
 
 if __name__ == "__main__":

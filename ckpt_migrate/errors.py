@@ -55,6 +55,12 @@ class SchemaError(CkptMigrateError, ValueError):
     """A schema file is malformed, or applying it would lose or collide keys."""
 
 
+class UnknownSchemaError(SchemaError):
+    """A ``--schema`` names no registered schema and no file: a usage error (exit code 2)."""
+
+    exit_code = 2
+
+
 class ArchitectureError(CkptMigrateError, LookupError):
     """An architecture cannot be identified or rebuilt from the weights."""
 
@@ -65,6 +71,34 @@ class VerificationError(CkptMigrateError):
 
 class OutputExistsError(CkptMigrateError, FileExistsError):
     """The destination exists and ``--force`` was not given."""
+
+
+class WriteFailedError(CkptMigrateError, OSError):
+    """The operating system refused to write an output: no space, read-only, no permission, not a folder."""
+
+    @classmethod
+    def from_os_error(cls, error: OSError, path: str) -> "WriteFailedError":
+        """One line naming ``path`` and the cause, with what to do about it."""
+        return cls(describe_os_error(error), path=path)
+
+
+def describe_os_error(error: OSError) -> str:
+    """The cause of an OS error in words, with a hint for the common ones (no space, read-only, permission)."""
+    import errno
+
+    cause = error.strerror or str(error) or type(error).__name__
+    hints = {
+        errno.ENOSPC: "free some space or choose another destination",
+        errno.EDQUOT: "free some space or choose another destination",
+        errno.EROFS: "choose a writable destination",
+        errno.EACCES: "check the permissions or choose another destination",
+        errno.EPERM: "check the permissions or choose another destination",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "give a file name, not a folder",
+        errno.ENAMETOOLONG: "choose a shorter name",
+    }
+    hint = hints.get(error.errno or 0)
+    return cause[:1].lower() + cause[1:] + (f"; {hint}" if hint else "")
 
 
 class UsageError(CkptMigrateError, ValueError):

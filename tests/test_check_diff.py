@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -277,7 +279,8 @@ def test_python_api_check_and_diff(partial: Path, pair: tuple[Path, Path]) -> No
 
     result = ckpt_migrate.check(str(partial), TARGET)
     assert result.report.missing == ["conv1.bias"] and result.report.unexpected == ["aux.weight"]
-    assert result.failed() is False and result.failed(strict=True) is True
+    assert result.failed is False and dataclasses.replace(result, strict=True).failed is True
+    assert ckpt_migrate.check(str(partial), TARGET, strict=True).failed is True
     assert result.problems() == ["1 missing", "1 unexpected", "2 shape-mismatched"]
     assert result.target == {"target": TARGET, "kind": "architecture", "keys": 10, "kwargs": {}}
     report = ckpt_migrate.diff(*map(str, pair))

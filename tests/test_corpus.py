@@ -7,6 +7,7 @@ restricted loader accepts them, by ``torch.load(weights_only=True)`` as a refere
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,9 @@ from safetensors.torch import load_file
 
 from ckpt_migrate.api import convert, load
 from ckpt_migrate.converters.writers.safetensors.writer import bytes_equal
-from ckpt_migrate.errors import CkptMigrateError
+from ckpt_migrate.errors import CkptMigrateError, SelectionError
 
-from conftest import CORPUS, run_cli
+from conftest import CORPUS, check_corpus_present, corpus_mark, run_cli
 
 WEIGHT_KINDS = {"full_model", "state_dict", "bundle", "lightning"}
 
@@ -31,7 +32,11 @@ def manifest() -> list[dict[str, str]]:
 
 
 ROWS = manifest()
-pytestmark = pytest.mark.skipif(not ROWS, reason="shared corpus not present")
+pytestmark = corpus_mark(CORPUS)
+
+
+def test_corpus_is_present() -> None:
+    check_corpus_present(CORPUS / "manifest.tsv")
 
 
 def _flat_reference(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -51,7 +56,13 @@ def _flat_reference(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
 def test_weight_bearing_file_converts(row: dict[str, str], tmp_path: Path) -> None:
     src = CORPUS / "files" / row["file"]
     dst = tmp_path / "out.safetensors"
-    result = convert(src, dst)
+    try:
+        result = convert(src, dst)
+    except SelectionError as error:
+        sets = re.search(r"several weight sets in one file \(([^)]*)\)", error.message)
+        assert sets, error.message
+        assert not dst.exists()
+        result = convert(src, dst, select=sets.group(1).split(", ")[0])
     written = load_file(str(dst))
     assert written, "no tensors written"
     assert result.report.verified

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +44,14 @@ def write_source(reader: str, folder: Path) -> Path:
         path = folder / "sharded"
         convert(folder / "tmp.pth", path, max_shard_size="40")
         assert len(list(path.glob("model-*-of-*.safetensors"))) > 1
+    elif reader == "torch-bin-sharded":
+        path = folder / "bin_shards"
+        path.mkdir()
+        torch.save({"layer.weight": state["layer.weight"]}, path / "pytorch_model-00001-of-00002.bin")
+        torch.save({"layer.bias": state["layer.bias"], "steps": state["steps"]}, path / "pytorch_model-00002-of-00002.bin")
+        weight_map = {"layer.weight": "pytorch_model-00001-of-00002.bin", "layer.bias": "pytorch_model-00002-of-00002.bin",
+                      "steps": "pytorch_model-00002-of-00002.bin"}
+        (path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": 68}, "weight_map": weight_map}))
     elif reader == "dcp":
         torch.save(state, folder / "tmp.pth")
         path = folder / "src_dcp"
@@ -100,7 +109,20 @@ def test_unknown_writer_lists_the_registered_ones(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedFormatError, match="registered: safetensors"):
         registry.get_writer("tflite")
     proc = run_cli("convert", "x.pth", str(tmp_path / "y.unknownsuffix"))
-    assert proc.returncode == 1 and "--to" in proc.stderr
+    assert proc.returncode == 2 and "--to" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["convert", "a.pt", "b.parquet", "--to", "parquet"], ["migrate", ".", "out", "--to", "parquet"],
+                                     ["convert", "a.pt", "b.safetensors", "--schema", "no-such-schema"],
+                                     ["convert", "a.pt", "b.safetensors", "--arch-kwargs", "{bad"]])
+def test_usage_errors_exit_2_with_a_json_document(tmp_path: Path, command: list[str]) -> None:
+    torch.save({"w": torch.ones(2)}, tmp_path / "a.pt")
+    proc = run_cli(*command, "--json", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["exit_code"] == 2 and document["error"]
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("ckpt-migrate: error: ")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "b.safetensors").exists()
 
 
 @pytest.mark.parametrize("command", ["", "convert", "inspect", "scan", "diff", "check", "migrate", "schema", "formats"])

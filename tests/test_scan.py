@@ -17,13 +17,14 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import payloads as P
+from conftest import CORPUS, corpus_mark
 import ckpt_migrate.api as api
 from ckpt_migrate.commands.scan import command as scan_command
 from ckpt_migrate.errors import CkptMigrateError, UnsafeFileError
 from ckpt_migrate.reports.scan import scan, scan_file
 
 ROOT = Path(__file__).resolve().parent.parent
-REALWORLD = ROOT.parent / "shared" / "corpus" / "realworld"
+REALWORLD = CORPUS
 
 
 def _opcode_offsets(data: bytes, name: str) -> list[int]:
@@ -48,7 +49,7 @@ def folder(tmp_path: Path) -> Path:
 def test_folder_scan_gives_every_file_a_verdict(folder: Path) -> None:
     report = scan([str(folder)])
     verdicts = {Path(f.path).relative_to(folder).as_posix(): f.verdict for f in report.files}
-    assert verdicts == {"clean.pth": "clean", "evil.pkl": "refused", "notes.txt": "skipped",
+    assert verdicts == {"clean.pth": "clean", "evil.pkl": "unsafe", "notes.txt": "skipped",
                         "sub/bad.pth": "error", "sub/deeper/model.safetensors": "clean"}
     assert report.exit_code == 3
     formats = {Path(f.path).name: f.format for f in report.files}
@@ -79,10 +80,10 @@ def test_json_output_is_one_document_and_stderr_names_each_problem(folder: Path)
     result = CliRunner().invoke(scan_command, [str(folder), "--json"])
     assert result.exit_code == 3
     document = json.loads(result.stdout)
-    assert document["summary"] == {"files": 5, "clean": 2, "refused": 1, "error": 1, "skipped": 1}
+    assert document["summary"] == {"files": 5, "clean": 2, "unknown-calls": 0, "unsafe": 1, "error": 1, "skipped": 1}
     assert document["exit_code"] == 3
     evil = next(f for f in document["files"] if f["path"].endswith("evil.pkl"))
-    assert evil["refused"] == ["os.system"] and evil["counts"] == {"allowed": 0, "stub": 0, "refused": 1}
+    assert evil["refused"] == ["os.system"] and evil["counts"] == {"allowed": 0, "stub": 0, "unknown-call": 0, "refused": 1}
     entry = evil["globals"][0]
     assert entry["name"] == "os.system" and entry["verdict"] == "refused" and entry["offset"] == 2
     assert "never allowed" in entry["reason"]
@@ -96,7 +97,7 @@ def test_human_output_is_a_table_with_the_refused_globals(folder: Path) -> None:
     result = CliRunner().invoke(scan_command, [str(folder / "evil.pkl"), str(folder / "clean.pth")])
     assert result.exit_code == 3
     assert "refused in" in result.stdout and "os.system" in result.stdout
-    assert "2 file(s): 1 clean, 1 refused, 0 unreadable, 0 skipped" in result.stdout
+    assert "2 file(s): 1 clean, 0 with unknown calls, 1 unsafe, 0 unreadable, 0 skipped" in result.stdout
 
 
 def test_offsets_are_where_the_opcode_is(tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_nested_payload_is_reported_where_it_is(tmp_path: Path) -> None:
     found = scan_file(str(path))
     entry = next(g for g in found.globals if g.name == "os.system")
     assert entry.verdict == "refused" and entry.where.startswith("nested pickle at byte")
-    assert found.verdict == "refused"
+    assert found.verdict == "unsafe"
 
 
 def test_global_past_a_malformed_value_is_still_found(tmp_path: Path) -> None:
@@ -147,7 +148,7 @@ def test_global_past_a_malformed_value_is_still_found(tmp_path: Path) -> None:
     entry = next(g for g in found.globals if g.name == "os.system")
     assert entry.verdict == "refused" and "past the malformed byte" in entry.where
     assert entry.offset == _opcode_offsets(data, "GLOBAL")[1]
-    assert found.verdict == "refused" and "not-a-dtype" in found.message
+    assert found.verdict == "unsafe" and "not-a-dtype" in found.message
     with pytest.raises(UnsafeFileError):
         api.load(path)
 
@@ -186,7 +187,7 @@ def test_scan_never_imports_torch_or_runs_pickle(tmp_path: Path) -> None:
             "print([f.verdict for f in report.files], 'torch' in sys.modules, 'pickle' in sys.modules and 'pickle.find_class' in events)\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert proc.stdout.strip() == "['clean', 'clean', 'refused'] False False"
+    assert proc.stdout.strip() == "['clean', 'clean', 'unsafe'] False False"
 
 
 def test_scan_help() -> None:
@@ -199,7 +200,7 @@ def test_missing_path_is_unreadable(tmp_path: Path) -> None:
     assert report.exit_code == 1 and "no such file" in report.files[0].error
 
 
-@pytest.mark.skipif(not REALWORLD.exists(), reason="../shared/corpus/realworld is not present")
+@corpus_mark(REALWORLD)
 def test_realworld_corpus_scans_and_still_converts(tmp_path: Path) -> None:
     """No real file crashes the scan; every checkpoint of a weights kind is clean and still converts."""
     with open(REALWORLD / "manifest.tsv", newline="") as handle:

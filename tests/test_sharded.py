@@ -17,6 +17,7 @@ import ckpt_migrate.api as api
 import ckpt_migrate.model.dtypes as dtypes
 from ckpt_migrate.model.checkpoint import ByteSource, StorageRef, TensorRef
 import ckpt_migrate.converters.writers.safetensors.sharded as sharded
+from ckpt_migrate.options import parse_shard_size
 from ckpt_migrate.errors import CorruptFileError, OutputExistsError, UsageError
 
 from conftest import run_cli
@@ -192,12 +193,12 @@ def test_size_and_destination_usage_errors(tmp_path: Path) -> None:
     assert bad_size.returncode == 2 and "--max-shard-size '2XB'" in bad_size.stderr
     as_file = run_cli("convert", str(src), str(tmp_path / "one.safetensors"), "--max-shard-size", "2GB")
     assert as_file.returncode == 2 and "give a folder" in as_file.stderr
-    assert sharded.parse_shard_size("2GB") == 2 * 10**9
-    assert sharded.parse_shard_size("1.5MB") == 1_500_000
-    assert sharded.parse_shard_size("4GiB") == 4 * 2**30
-    assert sharded.parse_shard_size("12345") == 12345
+    assert parse_shard_size("2GB") == 2 * 10**9
+    assert parse_shard_size("1.5MB") == 1_500_000
+    assert parse_shard_size("4GiB") == 4 * 2**30
+    assert parse_shard_size("12345") == 12345
     with pytest.raises(UsageError):
-        sharded.parse_shard_size("0")
+        parse_shard_size("0")
 
 
 def ref(storage: StorageRef, numel: int, offset: int = 0) -> TensorRef:

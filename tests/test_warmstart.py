@@ -14,14 +14,8 @@ import torch
 
 from ckpt_migrate.model.checkpoint import Checkpoint
 from ckpt_migrate.schemas import list_schemas, loads_schema
-from ckpt_migrate.reports.warmstart import (
-    ShapeOnlyOps,
-    check_report,
-    diff_report,
-    max_abs_difference,
-    pair_renamed,
-    suggest_schemas,
-)
+from ckpt_migrate.reports.check import ShapeOnlyOps, check_report, suggest_schemas
+from ckpt_migrate.reports.diff import diff_report, max_abs_difference, pair_renamed
 
 from conftest import ROOT
 
@@ -141,7 +135,7 @@ def test_suggest_schemas_ranks_what_helps_and_skips_what_fails() -> None:
 
 
 def test_report_modules_import_no_torch() -> None:
-    code = "import sys, ckpt_migrate.reports.warmstart, ckpt_migrate.transforms.schemas, ckpt_migrate.architectures.targets; print('torch' in sys.modules)"
+    code = "import sys, ckpt_migrate.reports.check, ckpt_migrate.reports.diff, ckpt_migrate.transforms.schemas, ckpt_migrate.architectures.targets; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
@@ -149,7 +143,7 @@ def test_report_modules_import_no_torch() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8, torch.bool])
 def test_tensor_digest_matches_equal_values_only(dtype: torch.dtype) -> None:
-    from ckpt_migrate.reports.warmstart import tensor_digest
+    from ckpt_migrate.reports.diff import tensor_digest
 
     base = (torch.arange(6) % 2).to(dtype)
     other = base.clone()

@@ -8,7 +8,6 @@ meta device, so even a large model costs no memory and no initialization time.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,23 +35,6 @@ class Target:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (without the shapes)."""
         return {"target": self.label, "kind": self.kind, "keys": len(self.shapes), "kwargs": self.kwargs}
-
-
-def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
-    """Decode ``--arch-kwargs JSON`` (a JSON object); empty when not given.
-
-    Raises:
-        UsageError: the text is not JSON, or not a JSON object.
-    """
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(f"--arch-kwargs is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--arch-kwargs must be a JSON object such as '{{\"num_classes\": 10}}', got {text!r}")
-    return value
 
 
 def is_checkpoint_path(spec: str) -> bool:

@@ -13,10 +13,13 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Iterator, Sequence
 
 import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError
+from ckpt_migrate.options import ConvertOptions
+import ckpt_migrate.batch.layout as layout
 import ckpt_migrate.batch.plan as planning
 from ckpt_migrate.batch.executors import make_executor
 from ckpt_migrate.batch.manifest import LOCK_NAME, MANIFEST_NAME, Manifest
@@ -40,14 +43,14 @@ def writer_suffix(to: str, max_shard_size: str | None) -> str:
     return suffixes[0] if suffixes else ""
 
 
-def options_key(to: str, convert_options: dict[str, Any]) -> str:
+def options_key(options: ConvertOptions) -> str:
     """A digest of everything that shapes an output, so changing an option redoes the files.
 
     Schema files are hashed by content, so editing a schema redoes the batch too.
     """
-    described = {"to": to, **{k: v for k, v in convert_options.items() if k != "verify"}}
+    described = options.identity()
     schema_hashes = []
-    for schema in convert_options.get("schemas") or ():
+    for schema in options.schemas:
         if os.path.isfile(schema):
             with open(schema, "rb") as handle:
                 schema_hashes.append(hashlib.sha256(handle.read()).hexdigest())
@@ -159,28 +162,18 @@ def _write_report(path: str, document: dict[str, Any]) -> None:
 def migrate(
     src_dir: str | os.PathLike,
     dst_dir: str | os.PathLike,
+    options: ConvertOptions | None = None,
     *,
-    to: str = "safetensors",
     jobs: int = 1,
     executor: str = "local",
     ray_address: str | None = None,
     dry_run: bool = False,
-    force: bool = False,
     report: str | None = None,
     progress: Reporter | None = None,
-    select: str | None = None,
-    ema: bool = False,
-    schemas: Sequence[str] = (),
-    strict_schemas: bool = False,
-    dtype: str | None = None,
-    strip_optimizer: bool = False,
-    allow_calls: Sequence[str] = (),
-    arch: str | None = None,
-    arch_kwargs: dict[str, Any] | None = None,
-    trust_modules: Sequence[str] = (),
-    max_shard_size: str | None = None,
-    verify: bool = True,
     probe_kinds: bool = True,
+    checkpoints_only: bool = False,
+    fsync: bool = True,
+    **convert_options: Any,
 ) -> MigrateReport:
     """Convert every checkpoint under ``src_dir`` into a mirrored tree under ``dst_dir``.
 
@@ -190,39 +183,62 @@ def migrate(
     (``force`` redoes all); temporaries of interrupted runs are removed first. ``dry_run`` plans,
     probes each file's kind (``probe_kinds``) and touches nothing. Paths may be fsspec URLs.
 
+    Args:
+        src_dir: the tree to read (a folder or an fsspec URL); never modified.
+        dst_dir: where the mirrored tree and its manifest go.
+        options: the conversion options every file gets (``to`` defaults to safetensors); keyword
+            arguments with :class:`~ckpt_migrate.options.ConvertOptions` field names override them.
+        jobs: worker processes (local executor) or CPUs of a local Ray instance.
+        executor: ``local`` or ``ray``.
+        ray_address: the Ray cluster to connect to (executor ``ray`` only).
+        dry_run: plan and report, write nothing.
+        report: write the JSON report to this path or URL.
+        progress: a reporter that is told of each file as it finishes.
+        probe_kinds: with ``dry_run``, open each file to say what kind of checkpoint it is.
+        checkpoints_only: convert checkpoints only; skip every other file instead of copying it.
+        fsync: make each output (file and folder) durable before its manifest record is written.
+
+    Returns:
+        A :class:`MigrateReport` with one entry per file and the exit code the CLI uses.
+
     Raises:
+        TypeError: an unknown keyword argument.
         UsageError: bad options, or SRC and DST overlap the wrong way (DST inside SRC is allowed).
         MissingDependencyError: ``executor="ray"`` without Ray, or a URL whose fsspec backend is missing.
         CkptMigrateError: SRC is not a folder, DST cannot be written, or another run holds DST.
     """
     started = time.perf_counter()
+    options = ConvertOptions.from_kwargs(options, **convert_options)
+    if options.to is None:
+        options = replace(options, to="safetensors")
+    to, force = options.to, options.force
     src_url, dst_url = os.fspath(src_dir), os.fspath(dst_dir)
-    suffix = writer_suffix(to, max_shard_size)
+    suffix = writer_suffix(to, options.max_shard_size)
     src, dst = Tree(src_url), Tree(dst_url)
     if dst.relative(src) is not None:
         raise UsageError("DST_DIR is SRC_DIR or contains it; choose a destination outside the source tree", path=dst_url)
     if src.in_process_only or dst.in_process_only:
         executor = "inline"
     runner = make_executor(executor, jobs=jobs, ray_address=ray_address) if not dry_run else None
-    writer_options = {k: v for k, v in {"arch": arch, "arch_kwargs": arch_kwargs, "trust_modules": list(trust_modules)}.items() if v}
-    convert_options = {"select": select, "ema": ema, "schemas": list(schemas), "strict_schemas": strict_schemas, "dtype": dtype,
-                       "strip_optimizer": strip_optimizer, "allow_calls": list(allow_calls), "max_shard_size": max_shard_size,
-                       "verify": verify, **writer_options}
-    key = options_key(to, convert_options)
+    key = options_key(options)
 
     manifest = Manifest(dst).load()
     entries = src.walk(exclude=src.relative(dst))
     sniffed = _sniff_all(src, entries, manifest.records)
+    readable = [entry.rel for entry in entries if entry.skip_reason is None and not entry.folder]
+    roles = layout.assign_roles(readable, {rel for rel in readable if sniffed[rel].checkpoint}, to=to,
+                                hf_layout=to == "safetensors" and not options.max_shard_size, read_text=src.read_text,
+                                checkpoints_only=checkpoints_only)
     items = planning.build_plan(
         entries, sniffed, suffix=suffix, options_key=key, records=manifest.records, dest_stat=dst.stat,
-        source_sha256=src.sha256, dest_sha256=dst.sha256, force=force, reserved=(MANIFEST_NAME, LOCK_NAME),
+        source_sha256=src.sha256, dest_sha256=dst.sha256, force=force, reserved=(MANIFEST_NAME, LOCK_NAME), roles=roles,
     )
     outcome = MigrateReport(src_url, dst_url, to, dry_run, getattr(runner, "name", executor), jobs,
                             manifest=None if dry_run else dst.url_of(MANIFEST_NAME))
     if dry_run:
         for item in items:
-            if probe_kinds and item.action in (planning.CONVERT, planning.EXISTS) and item.kind is None:
-                item.kind, error = probe(src.url_of(item.source), select=select, ema=ema, allow_calls=tuple(allow_calls))
+            if probe_kinds and item.action in (planning.CONVERT, planning.EXISTS) and item.format and item.kind is None:
+                item.kind, error = probe(src.url_of(item.source), select=options.select, ema=options.ema, allow_calls=options.allow_calls)
                 if error and not item.reason:
                     item.reason = error
             status = {planning.SKIP: "skipped", planning.UP_TO_DATE: "up-to-date"}.get(item.action, "planned")
@@ -230,7 +246,7 @@ def migrate(
     else:
         dst.makedirs()
         with _locked(dst):
-            _execute(items, src, dst, manifest, runner, progress or Silent(), outcome, key, to, convert_options)
+            _execute(items, src, dst, manifest, runner, progress or Silent(), outcome, key, options, fsync)
     outcome.seconds = time.perf_counter() - started
     if report:
         _write_report(report, outcome.to_json())
@@ -238,7 +254,7 @@ def migrate(
 
 
 def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Manifest, runner: Any, progress: Reporter,
-             outcome: MigrateReport, key: str, to: str, convert_options: dict[str, Any]) -> None:
+             outcome: MigrateReport, key: str, options: ConvertOptions, fsync: bool = True) -> None:
     for rel in sorted(dst.temporaries()):
         dst.remove(rel)
         outcome.cleaned.append(rel)
@@ -254,13 +270,17 @@ def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Man
             entry = _file_result(item, "failed")
             entry.error, entry.exit_code = f"{dst.url_of(item.destination or '')}: {item.reason}", 1
             results[item.source] = entry
-    todo = [item for item in items if item.action == planning.CONVERT]
+    todo = [item for item in items if item.action in planning.WORK]
     by_source = {item.source: item for item in todo}
     manifest.append({"source": item.source, "size": item.size, "mtime": item.mtime, "output": item.destination,
                      "status": "started", "options": key} for item in todo)
     manifest.flush()
+    hf_options = replace(options, hf_layout=True)
     tasks = [{"index": index, "rel": item.source, "src": src.url_of(item.source), "dst_root": dst.url, "destination": item.destination,
-              "overwrite": item.overwrite, "to": to, "options": key, "convert": convert_options} for index, item in enumerate(todo)]
+              "overwrite": item.overwrite, "options": key, "role": item.role, "outputs": item.outputs, "fsync": fsync,
+              "src_root": src.url, "members": item.members,
+              "convert": hf_options if item.role in (layout.HF_WEIGHTS, layout.HF_SHARDS) else options}
+             for index, item in enumerate(todo)]
     progress.start(len(todo), sum(item.size for item in todo))
     try:
         for result in runner.run(tasks):
@@ -271,14 +291,30 @@ def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Man
     finally:
         progress.close()
         manifest.flush()
+        for item in items:
+            if item.action == planning.MEMBER:
+                results[item.source] = _member_result(item, results.get(item.group or ""))
         outcome.files = [results[item.source] for item in items if item.source in results]
 
 
+def _member_result(item: planning.PlanItem, group: FileResult | None) -> FileResult:
+    """A shard's result: its index's conversion (up to date, converted or failed with it)."""
+    status = group.status if group is not None else "failed"
+    entry = _file_result(item, status)
+    entry.destination = group.destination if group is not None else None
+    if status in ("failed", "refused"):
+        entry.exit_code = 0
+        entry.reason = f"not converted: its index {item.group} {status}"
+        entry.status = "skipped"
+    return entry
+
+
 def _converted(item: planning.PlanItem, result: dict[str, Any]) -> FileResult:
-    status = {"done": "converted", "refused": "refused"}.get(result.get("status", ""), "failed")
+    done = "copied" if item.role == layout.COPY else "converted"
+    status = {"done": done, "refused": "refused"}.get(result.get("status", ""), "failed")
     return FileResult(
         item.source, item.size, item.format, item.action, status, item.destination,
-        result.get("kind"), reason=item.reason if status != "converted" else None, error=result.get("error"),
+        result.get("kind"), reason=item.reason if status not in ("converted", "copied") else None, error=result.get("error"),
         exit_code=int(result.get("exit_code") or 0), seconds=result.get("seconds"), sha256=result.get("sha256"),
         reader=result.get("reader") or (item.format if item.format != "?" else None), tensors=result.get("tensors"),
         output_size=result.get("output_size"), output_sha256=result.get("output_sha256"),

@@ -62,14 +62,30 @@ def _one_line(text: str) -> str:
 
 
 def _convert(task: dict[str, Any]) -> dict[str, Any]:
-    from ckpt_migrate.api import convert
+    from ckpt_migrate.batch.carry import check_no_links, copy_file
 
     tree = Tree(task["dst_root"])
-    options = dict(task.get("convert") or {})
+    role = task.get("role", "convert")
+    result: dict[str, Any] = {"role": role}
+    if role == "copy":
+        return {**result, **copy_file(task["src"], tree, task["destination"], overwrite=task.get("overwrite", False),
+                                     fsync=task.get("fsync", True))}
+    for rel in task.get("outputs") or [task["destination"]]:
+        check_no_links(tree, rel)
+    if role == "state":
+        return {**result, **_rewrite_state(task, tree)}
+    if role == "hf-shards":
+        return {**result, **_convert_shards(task, tree)}
+    return {**result, **_convert_file(task, tree)}
+
+
+def _rewrite_state(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
+    from ckpt_migrate.bundle.trainer_files import rewrite
+
+    options = task["convert"]
+    kwargs = {"allow_calls": options.allow_calls, "verify": options.verify, "fsync": task.get("fsync", True)}
     if tree.local:
-        dst = tree.path(task["destination"])
-        converted = convert(task["src"], dst, to=task["to"], force=task.get("overwrite", False), **options)
-        size, mtime = tree.stat(task["destination"]) or (0, 0.0)
+        found = rewrite(task["src"], tree.path(task["destination"]), force=task.get("overwrite", False), **kwargs)
         digest = tree.sha256(task["destination"])
     else:
         if tree.exists(task["destination"]) and not task.get("overwrite", False):
@@ -77,14 +93,76 @@ def _convert(task: dict[str, Any]) -> dict[str, Any]:
         staging = tempfile.mkdtemp(prefix="ckpt-migrate-")
         try:
             local = os.path.join(staging, posixpath.basename(task["destination"]))
-            converted = convert(task["src"], local, to=task["to"], force=True, **options)
+            found = rewrite(task["src"], local, force=True, **kwargs)
             digest = upload(local, tree, task["destination"])
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        size, mtime = tree.stat(task["destination"]) or (0, 0.0)
+    size, mtime = tree.stat(task["destination"]) or (0, 0.0)
+    from ckpt_migrate.io.source import Source
+
+    return {**found, "sha256": Source(task["src"]).sha256(), "output_size": size, "output_mtime": mtime,
+            "output_sha256": digest, "verified": task["convert"].verify}
+
+
+def _convert_shards(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
+    """A ``.bin`` index and its shards → the safetensors files and index beside them in DST."""
+    from ckpt_migrate.api import convert
+    from ckpt_migrate.batch.carry import sync_outputs
+
+    folder = posixpath.dirname(task["destination"])
+    outputs = list(task.get("outputs") or [task["destination"]])
+    if tree.local:
+        converted = convert(task["src"], tree.path(folder), task["convert"], force=task.get("overwrite", False))
+        if task.get("fsync", True):
+            sync_outputs([tree.path(rel) for rel in outputs])
+    else:
+        existing = [rel for rel in outputs if tree.exists(rel)]
+        if existing and not task.get("overwrite", False):
+            raise OutputExistsError("already exists; pass --force to overwrite it", path=tree.url_of(existing[0]))
+        staging = tempfile.mkdtemp(prefix="ckpt-migrate-")
+        try:
+            converted = convert(task["src"], staging, task["convert"], force=True)
+            for rel in outputs:
+                upload(os.path.join(staging, posixpath.basename(rel)), tree, rel)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    written = sorted(posixpath.basename(path) for path in converted.report.outputs)
+    if written != sorted(posixpath.basename(rel) for rel in outputs):
+        raise VerificationError(f"wrote {', '.join(written)}, expected {', '.join(posixpath.basename(r) for r in outputs)}", path=task["src"])
+    return _described(converted, tree, task["destination"])
+
+
+def _convert_file(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
+    from ckpt_migrate.api import convert
+    from ckpt_migrate.batch.carry import sync_outputs
+
+    options = task["convert"]
+    if tree.local:
+        dst = tree.path(task["destination"])
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        converted = convert(task["src"], dst, options, force=task.get("overwrite", False))
+        if task.get("fsync", True):
+            sync_outputs([dst])
+        return _described(converted, tree, task["destination"])
+    if tree.exists(task["destination"]) and not task.get("overwrite", False):
+        raise OutputExistsError("already exists; pass --force to overwrite it", path=tree.url_of(task["destination"]))
+    staging = tempfile.mkdtemp(prefix="ckpt-migrate-")
+    try:
+        local = os.path.join(staging, posixpath.basename(task["destination"]))
+        converted = convert(task["src"], local, options, force=True)
+        upload(local, tree, task["destination"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _described(converted, tree, task["destination"])
+
+
+def _described(converted: Any, tree: Tree, rel: str) -> dict[str, Any]:
+    """The manifest fields of a finished conversion: provenance, kind, and the output's size, mtime and sha256."""
+    size, mtime = tree.stat(rel) or (0, 0.0)
+    digest = tree.sha256(rel)
     checkpoint = converted.checkpoint
     return {
-        "sha256": checkpoint.meta.get("source_sha256"),
+        "sha256": converted.source_sha256,
         "reader": checkpoint.meta.get("reader"),
         "format": checkpoint.format,
         "kind": checkpoint.kind,

@@ -66,14 +66,14 @@ def command(src: str, target_spec: str, arch_kwargs: str | None, schemas: tuple[
 
     Exits 1 when no key matches at all, and under --strict when anything is off; 0 otherwise.
     """
-    from ckpt_migrate.architectures.targets import parse_arch_kwargs
-    from ckpt_migrate.reports.warmstart import check
+    from ckpt_migrate.options import parse_arch_kwargs
+    from ckpt_migrate.reports.check import check
 
     result = check(src, target_spec, schemas=schemas, arch_kwargs=parse_arch_kwargs(arch_kwargs), select=select,
-                   allow_calls=allow_calls)
-    failed = result.failed(strict)
+                   allow_calls=allow_calls, strict=strict)
+    failed = result.failed
     if as_json:
-        emit_json(result.to_json(strict))
+        emit_json(result.to_json())
     else:
         _render(console(), result)
     label = result.target["target"]

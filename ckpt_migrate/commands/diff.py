@@ -70,7 +70,7 @@ def command(a: str, b: str, select: str | None, fail_on_difference: bool, allow_
     Works across formats (a .pth against a .safetensors); nothing is executed from either file.
     Exits 0, or 1 with --fail-on-difference when anything differs.
     """
-    from ckpt_migrate.reports.warmstart import diff
+    from ckpt_migrate.reports.diff import diff
 
     report = diff(a, b, select=select, allow_calls=allow_calls)
     if as_json:

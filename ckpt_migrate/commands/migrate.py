@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 import click
 
 from ckpt_migrate.errors import UsageError
-from ckpt_migrate.commands.common import console, emit_json, fail, handle_errors, transform_options
+from ckpt_migrate.commands.common import console, convert_flags, convert_options_from, emit_json, fail, handle_errors
 
 
 @click.command("migrate")
@@ -18,14 +19,11 @@ from ckpt_migrate.commands.common import console, emit_json, fail, handle_errors
 @click.option("--report", "report_path", metavar="FILE", help="Write the JSON report to FILE (a path or fsspec URL).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run conversions in local processes or as Ray tasks.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to connect to (auto, ray://host:10001); default: a local Ray instance.")
-@click.option("--force", is_flag=True, help="Redo every file and overwrite existing outputs.")
-@transform_options
+@convert_flags("read", "calls", "transform", "onnx", "write")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (or, with --dry-run, the plan) as one JSON document.")
 @handle_errors
 def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, report_path: str | None, executor: str,
-            ray_address: str | None, force: bool, schemas: tuple[str, ...], strict_schemas: bool, select: str | None, ema: bool,
-            arch: str | None, arch_kwargs: str | None, dtype: str | None, strip_optimizer: bool, max_shard_size: str | None,
-            trust_modules: tuple[str, ...], allow_calls: tuple[str, ...], as_json: bool) -> None:
+            ray_address: str | None, as_json: bool, **params: Any) -> None:
     """Convert every checkpoint under SRC_DIR into a mirrored tree under DST_DIR, verified and resumable.
 
     Files are recognised by content: READMEs, images and CSVs are skipped and counted. Each file
@@ -37,18 +35,13 @@ def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, repor
     unsafe, 2 usage error.
     """
     from ckpt_migrate.batch import migrate
-    from ckpt_migrate.architectures.targets import parse_arch_kwargs
     from ckpt_migrate.batch.progress import render_plan, render_summary, reporter_for
 
-    kwargs = parse_arch_kwargs(arch_kwargs) or None
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
-    report = migrate(
-        src_dir, dst_dir, to=to, jobs=jobs, executor=executor, ray_address=ray_address, dry_run=dry_run, force=force,
-        report=report_path, progress=reporter_for(quiet=dry_run), select=select, ema=ema, schemas=schemas,
-        strict_schemas=strict_schemas, dtype=dtype, strip_optimizer=strip_optimizer, allow_calls=allow_calls, arch=arch,
-        arch_kwargs=kwargs, trust_modules=trust_modules, max_shard_size=max_shard_size,
-    )
+    options = convert_options_from(dict(params, to=to))
+    report = migrate(src_dir, dst_dir, options, jobs=jobs, executor=executor, ray_address=ray_address, dry_run=dry_run,
+                     report=report_path, progress=reporter_for(quiet=dry_run))
     if as_json:
         emit_json(report.to_json())
     elif dry_run:

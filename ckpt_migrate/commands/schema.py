@@ -131,8 +131,9 @@ def infer_command(src: str, target_spec: str, output: str, arch_kwargs: str | No
     from ckpt_migrate.errors import CkptMigrateError
     from ckpt_migrate.transforms.schemas import CheckpointTensorOps
     from ckpt_migrate.schemas import align_keys, apply_schemas, loads_schema, schema_from_alignment
-    from ckpt_migrate.architectures.targets import parse_arch_kwargs, resolve_target
-    from ckpt_migrate.reports.warmstart import check_report
+    from ckpt_migrate.architectures.targets import resolve_target
+    from ckpt_migrate.options import parse_arch_kwargs
+    from ckpt_migrate.reports.check import check_report
 
     kwargs = parse_arch_kwargs(arch_kwargs)
     check_destination(output, force)

@@ -25,8 +25,11 @@ from ckpt_migrate.io.atomic import atomic_path
 from ckpt_migrate.model.checkpoint import ByteSource, Checkpoint, StorageRef, TensorRef
 from ckpt_migrate.errors import CorruptFileError, MissingDependencyError, NotMyFormat, UnsupportedFormatError, VerificationError
 from ckpt_migrate.io.source import Source
-from ckpt_migrate.unpickler import GlobalUse, Interpreter, Policy, StubObject, TorchMarker
-from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader, WriteOptions, WriteReport, Writer
+from ckpt_migrate.unpickler.stubs import StubObject, TorchMarker
+from ckpt_migrate.unpickler.verdicts import GlobalVerdict, merge_uses
+from ckpt_migrate.unpickler.vm import Interpreter
+from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader, WriteReport, Writer
+from ckpt_migrate.options import ConvertOptions
 from ckpt_migrate.converters.readers.torch_zip import ZIP_MAGIC, TorchZipArchive, TorchZipReader
 
 METADATA_NAME = ".metadata"
@@ -124,7 +127,7 @@ class DcpFolder:
         self.folder = folder
         self.options = options
         self.name = folder
-        self.globals: dict[str, GlobalUse] = {}
+        self.globals: dict[str, GlobalVerdict] = {}
         self.refused = False
         self.sizes: dict[str, int] = {}
         self.metadata = self._read_metadata()
@@ -137,8 +140,8 @@ class DcpFolder:
             raise CorruptFileError(f"{METADATA_NAME} is larger than the {limit}-byte pickle limit", path=self.name)
         with open(path, "rb") as handle:
             data = handle.read()
-        result = Interpreter(data, path=path, policy=Policy(self.options.allow_calls, self.options.collect_only),
-                             limits=self.options.limits).run()
+        result = Interpreter(data, path=path, policy=self.options.policy(), limits=self.options.limits,
+                             budget=self.options.budget).run()
         self._merge(result.globals)
         if result.refused:
             self.refused = True
@@ -149,12 +152,8 @@ class DcpFolder:
             raise CorruptFileError(f"{METADATA_NAME} does not hold torch.distributed.checkpoint Metadata", path=self.name)
         return value
 
-    def _merge(self, uses: dict[str, GlobalUse]) -> None:
-        rank = {"allowed": 0, "stub": 1, "refused": 2}
-        for name, use in uses.items():
-            mine = self.globals.get(name)
-            if mine is None or rank[use.verdict] > rank[mine.verdict]:
-                self.globals[name] = use
+    def _merge(self, uses: dict[str, GlobalVerdict]) -> None:
+        merge_uses(self.globals, uses.values())
 
     def _index_storage(self) -> dict[tuple, _Item]:
         table = self.metadata.attributes.get("storage_data") or {}
@@ -437,14 +436,17 @@ class DcpWriter(Writer):
     suffixes = ()
     requires = ("torch",)
 
-    def write(self, checkpoint: Checkpoint, dst: str, options: WriteOptions) -> WriteReport:
+    def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:
         try:
             import torch.distributed.checkpoint as dcp
         except ImportError as error:
             raise MissingDependencyError(f"torch.distributed.checkpoint is not available in this torch build: {error}") from None
         from ckpt_migrate.converters.writers.normalized import build_payload, materialize_payload, walk_tensors
 
-        payload, _ = build_payload(checkpoint)
+        from ckpt_migrate.bundle.optimizer_names import name_payload_optimizer
+
+        payload, state = build_payload(checkpoint)
+        payload, optimizer_note = name_payload_optimizer(payload, state.optimizer_params)
         data = _contiguous_copies(materialize_payload(payload, checkpoint))
         if any(t.is_quantized for _, t in walk_tensors(data)):
             raise UnsupportedFormatError("DCP cannot store quantized tensors; use --to normalized or --to safetensors")
@@ -457,4 +459,5 @@ class DcpWriter(Writer):
                 verify_dcp(tmp, data, source)
         files = sorted(os.listdir(dst))
         size = sum(os.path.getsize(os.path.join(dst, name)) for name in files)
-        return WriteReport([dst], len(list(walk_tensors(data))), size, options.verify, {"files": files, "keys": list(data)})
+        details = {"files": files, "keys": list(data), **({"optimizer": optimizer_note} if optimizer_note else {})}
+        return WriteReport([dst], len(list(walk_tensors(data))), size, options.verify, details)

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from ckpt_migrate.errors import CkptMigrateError, NotMyFormat, UnsupportedFormatError
+from ckpt_migrate.errors import CkptMigrateError, NotMyFormat, UnsupportedFormatError, UsageError
 
 BUILTIN_READERS: dict[str, str] = {
     "safetensors": "ckpt_migrate.converters.readers.safetensors_file:SafetensorsReader",
+    "torch-bin-sharded": "ckpt_migrate.converters.readers.bin_shards:BinShardsReader",
     "safetensors-sharded": "ckpt_migrate.converters.writers.safetensors.sharded:ShardedSafetensorsReader",
+    "torchscript": "ckpt_migrate.converters.readers.torchscript:TorchScriptReader",
     "torch-zip": "ckpt_migrate.converters.readers.torch_zip:TorchZipReader",
     "torch-legacy": "ckpt_migrate.converters.readers.torch_legacy:TorchLegacyReader",
     "torch-tar": "ckpt_migrate.converters.readers.torch_legacy:TorchTarReader",
@@ -135,7 +137,7 @@ def writer_for_destination(dst: str) -> str:
         writer_cls = WRITERS.entries()[name].load()
         if any(lowered.endswith(suffix) for suffix in writer_cls.suffixes):
             return name
-    raise UnsupportedFormatError(f"cannot tell the output format from {dst!r}; pass --to with one of: {', '.join(WRITERS.names())}")
+    raise UsageError(f"cannot tell the output format from {dst!r}; pass --to with one of: {', '.join(WRITERS.names())}")
 
 
 def sniff(source: Any) -> Any:

@@ -6,7 +6,6 @@ Readers get a :class:`Source`; they read the head for sniffing, map or read rang
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import BinaryIO
 
 from ckpt_migrate.model.checkpoint import ByteSource
 from ckpt_migrate.errors import CkptMigrateError
+from ckpt_migrate.io.hashing import folder_sha256, stream_sha256
 
 
 @dataclass
@@ -84,19 +84,16 @@ class Source:
         return ByteSource(self.url, offset, length, opener=self.open)
 
     def sha256(self) -> str:
-        """The SHA-256 of the file; of a local folder (DCP, shards): of its files' relative names and bytes, sorted."""
-        digest = hashlib.sha256()
+        """The SHA-256 of the file; of a local folder (DCP, shards), :func:`~ckpt_migrate.io.hashing.folder_sha256`."""
         if self.is_local and os.path.isdir(self.local_path):
-            for root, dirs, files in os.walk(self.local_path):
-                dirs.sort()
-                for name in sorted(files):
-                    path = os.path.join(root, name)
-                    digest.update(os.path.relpath(path, self.local_path).encode("utf-8") + b"\0")
-                    with open(path, "rb") as handle:
-                        while chunk := handle.read(1 << 22):
-                            digest.update(chunk)
-            return digest.hexdigest()
+            base = self.local_path
+            members = [os.path.relpath(os.path.join(root, name), base).replace(os.sep, "/")
+                       for root, _, files in os.walk(base) for name in files]
+
+            def member_sha256(rel: str) -> str:
+                with open(os.path.join(base, rel), "rb") as handle:
+                    return stream_sha256(handle)
+
+            return folder_sha256(members, member_sha256)
         with self.open() as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return stream_sha256(handle)

@@ -8,7 +8,6 @@ appends, atomic renames); anything else goes through fsspec without downloading 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import posixpath
 import uuid
@@ -18,6 +17,7 @@ from typing import Any, Iterator
 
 from ckpt_migrate.io.atomic import TEMP_MARKER, is_temp
 from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError
+from ckpt_migrate.io.hashing import folder_sha256, stream_sha256
 
 CHUNK = 1 << 22
 
@@ -32,7 +32,8 @@ class Entry:
     """A file found under a tree: its ``/``-separated path relative to the root, size and mtime.
 
     ``skip_reason`` is set when the entry must not be read (a symlink out of the tree, a symlinked folder).
-    ``folder`` marks a checkpoint that is a folder (a ``torch.distributed.checkpoint`` with ``.metadata``).
+    ``folder`` marks a checkpoint that is a folder (a ``torch.distributed.checkpoint`` with ``.metadata``,
+    a DeepSpeed checkpoint with ``latest``).
     """
 
     rel: str
@@ -50,6 +51,18 @@ TEMP_REASON = "a temporary file of an interrupted ckpt-migrate run"
 def is_dcp_listing(files: list[str]) -> bool:
     """True for a folder listing of a ``torch.distributed.checkpoint`` (``.metadata`` + ``*.distcp``)."""
     return DCP_METADATA in files and any(name.endswith(".distcp") for name in files)
+
+
+def is_deepspeed_listing(folder: str, files: list[str], dirs: list[str]) -> bool:
+    """True for a DeepSpeed checkpoint folder: a ``latest`` file naming a tag folder beside it."""
+    if "latest" not in files:
+        return False
+    try:
+        with open(os.path.join(folder, "latest"), "rb") as handle:
+            tag = handle.read(4097).decode("utf-8", "replace").strip()
+    except OSError:
+        return False
+    return bool(tag) and tag in dirs
 
 
 def _timestamp(value: Any) -> float:
@@ -135,7 +148,7 @@ class Tree:
 
         Symlinks are never followed out of the tree: a file link that resolves outside, a broken
         link and a symlinked folder come back with ``skip_reason`` set, as do temporaries of an
-        interrupted run. A DCP folder below the root is one entry (``folder=True``), not its
+        interrupted run. A DCP or DeepSpeed folder below the root is one entry (``folder=True``), not its
         files. Version-control folders (``.git``, ``.hg``, ``.svn``) are not walked.
 
         Raises:
@@ -156,7 +169,7 @@ class Tree:
         for folder, dirs, files in os.walk(self.root, followlinks=False, onerror=fail):
             rel_folder = os.path.relpath(folder, self.root).replace(os.sep, "/")
             rel_folder = "" if rel_folder == "." else rel_folder
-            if rel_folder and is_dcp_listing(files):
+            if rel_folder and (is_dcp_listing(files) or is_deepspeed_listing(folder, files, dirs)):
                 size, mtime = self.stat(rel_folder) or (0, 0.0)
                 found.append(Entry(rel_folder, size, mtime, folder=True))
                 dirs[:] = []
@@ -282,10 +295,8 @@ class Tree:
         is_dir = os.path.isdir(path) if self.local else self.fs.isdir(path)
         if not is_dir:
             return self._hash_file(rel)
-        digest = hashlib.sha256()
-        for member in self._files_under(rel):
-            digest.update(f"{member[len(rel) + 1:]}\0{self._hash_file(member)}\n".encode())
-        return digest.hexdigest()
+        return folder_sha256([member[len(rel) + 1:] for member in self._files_under(rel)],
+                             lambda name: self._hash_file(f"{rel}/{name}"))
 
     def _files_under(self, rel: str) -> list[str]:
         if self.local:
@@ -298,11 +309,8 @@ class Tree:
         return sorted(p[len(self.root) + 1:] for p in self.fs.find(self.path(rel), withdirs=False))
 
     def _hash_file(self, rel: str) -> str:
-        digest = hashlib.sha256()
         with self.open(rel) as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return stream_sha256(handle)
 
     def read_text(self, rel: str) -> str | None:
         """A text file's content, or None when it does not exist."""

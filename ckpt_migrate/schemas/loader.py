@@ -15,7 +15,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ckpt_migrate.errors import SchemaError
+from ckpt_migrate.errors import SchemaError, UnknownSchemaError
 from ckpt_migrate.schemas.engine import RULE_KINDS, Rule, Schema
 
 try:
@@ -361,7 +361,7 @@ def load_schema(id_or_path: str | os.PathLike[str]) -> Schema:
     if Path(text).is_file():
         return _load_file(Path(text))
     listing = ", ".join(origins) or "none"
-    raise SchemaError(
+    raise UnknownSchemaError(
         f"unknown schema {text!r}{_suggest(text, origins)}; available: {listing}; "
         "or pass the path of a .toml schema file"
     )

@@ -22,7 +22,9 @@ from ckpt_migrate.errors import UnsupportedFormatError, VerificationError
 from ckpt_migrate.bundle.plain import to_plain
 from ckpt_migrate.bundle.training_state import NORMALIZED_FORMAT, NORMALIZED_VERSION, TrainingState, split_training_state
 from ckpt_migrate.unpickler import Device, TorchMarker
-from ckpt_migrate.converters.base import WriteOptions, WriteReport, Writer
+from ckpt_migrate.model.provenance import source_label
+from ckpt_migrate.converters.base import WriteReport, Writer
+from ckpt_migrate.options import ConvertOptions
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_forward_module.")
 _PROVENANCE = ("source", "source_sha256", "reader", "format", "kind", "selected", "classes", "tool", "schemas", "stripped", "warnings")
@@ -75,7 +77,7 @@ def normalized_meta(checkpoint: Checkpoint, state: TrainingState, stripped: list
     for key in _PROVENANCE:
         value = checkpoint.meta.get(key)
         if value not in (None, [], {}):
-            meta["source_format" if key == "format" else key] = to_plain(value, max_items=10_000)
+            meta["source_format" if key == "format" else key] = source_label(checkpoint.meta) if key == "source" else to_plain(value, max_items=10_000)
     meta.setdefault("schemas", [])
     if stripped:
         meta["stripped_prefixes"] = stripped
@@ -252,7 +254,7 @@ class NormalizedWriter(Writer):
     suffixes = (".pt", ".pth", ".tar", ".ckpt")
     requires = ("torch",)
 
-    def write(self, checkpoint: Checkpoint, dst: str, options: WriteOptions) -> WriteReport:
+    def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:
         import torch
 
         payload, state = build_payload(checkpoint)

@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import io
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -21,9 +20,10 @@ from typing import Any, Iterator, Sequence
 from ckpt_migrate.io.atomic import atomic_path
 from ckpt_migrate.model.checkpoint import Checkpoint, DerivedTensor
 from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError, UsageError, VerificationError
-from ckpt_migrate.converters.base import WriteOptions, WriteReport, Writer
+from ckpt_migrate.model.provenance import source_label
+from ckpt_migrate.converters.base import WriteReport, Writer
+from ckpt_migrate.options import ConvertOptions
 
-EXPORTERS = ("auto", "torchscript", "dynamo")
 DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2}
 VERIFY_SEED = 0
 CLASSIFICATION_SIZE = 224
@@ -48,47 +48,18 @@ class ExportSettings:
     exporter: str = "auto"
 
     @classmethod
-    def from_options(cls, extra: dict[str, Any]) -> "ExportSettings":
-        """Read ``WriteOptions.extra`` as ``convert`` passes it.
-
-        Raises:
-            UsageError: a malformed ``--input-shape``, ``--opset``, ``--atol`` or ``--exporter``.
-        """
-        exporter = extra.get("exporter") or "auto"
-        if exporter not in EXPORTERS:
-            raise UsageError(f"--exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
-        opset = extra.get("opset")
-        if opset is not None and (not isinstance(opset, int) or opset < 7):
-            raise UsageError(f"--opset {opset!r}: expected an ONNX opset number such as 17 or 18")
-        atol = extra.get("atol")
-        if atol is not None and (not isinstance(atol, (int, float)) or atol < 0 or atol != atol):
-            raise UsageError(f"--atol {atol!r}: expected a tolerance >= 0")
-        shape = extra.get("input_shape")
-        kwargs = extra.get("arch_kwargs")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise UsageError("--arch-kwargs must be a JSON object")
+    def from_options(cls, options: ConvertOptions) -> "ExportSettings":
+        """The ONNX fields of ``options`` (already validated by :class:`ConvertOptions`)."""
         return cls(
-            arch=extra.get("arch"),
-            arch_kwargs=kwargs,
-            trust_modules=tuple(extra.get("trust_modules") or ()),
-            input_shape=parse_input_shape(shape) if isinstance(shape, str) else (tuple(shape) if shape else None),
-            opset=opset,
-            static=bool(extra.get("static")),
-            atol=float(atol) if atol is not None else None,
-            exporter=exporter,
+            arch=options.arch,
+            arch_kwargs=dict(options.arch_kwargs) if options.arch_kwargs is not None else None,
+            trust_modules=options.trust_modules,
+            input_shape=options.input_shape,
+            opset=options.opset,
+            static=options.static,
+            atol=float(options.atol) if options.atol is not None else None,
+            exporter=options.exporter,
         )
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """``1,3,224,224`` (or ``1x3x224x224``) as a tuple of positive ints.
-
-    Raises:
-        UsageError: not a list of at least two positive integers.
-    """
-    parts = [p for p in re.split(r"[,x×\s]+", text.strip().strip("()[]")) if p]
-    if len(parts) < 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise UsageError(f"--input-shape {text!r}: expected positive integers such as 1,3,224,224")
-    return tuple(int(p) for p in parts)
 
 
 def precision_of(checkpoint: Checkpoint) -> str:
@@ -362,7 +333,7 @@ class OnnxWriter(Writer):
     suffixes = (".onnx",)
     requires = ("onnx", "onnxruntime", "torch")
 
-    def write(self, checkpoint: Checkpoint, dst: str, options: WriteOptions) -> WriteReport:
+    def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:
         """Rebuild, export and verify; nothing is left at ``dst`` unless verification passes.
 
         Raises:
@@ -373,7 +344,7 @@ class OnnxWriter(Writer):
         """
         from ckpt_migrate.architectures.from_checkpoint import rebuild_checkpoint
 
-        settings = ExportSettings.from_options(options.extra)
+        settings = ExportSettings.from_options(options)
         require_onnx()
         precision = precision_of(checkpoint)
         rebuilt = rebuild_checkpoint(checkpoint, arch=settings.arch, arch_kwargs=settings.arch_kwargs,
@@ -460,6 +431,8 @@ class OnnxWriter(Writer):
         import json
 
         meta = checkpoint.meta
-        out = {key: str(meta[key]) for key in ("source", "source_sha256", "tool") if meta.get(key)}
+        out = {key: str(meta[key]) for key in ("source_sha256", "tool") if meta.get(key)}
+        if source_label(meta):
+            out["source"] = source_label(meta)
         out.update(architecture=rebuilt.builder, arch_kwargs=json.dumps(rebuilt.kwargs, sort_keys=True, default=str), exporter=exporter)
         return out

@@ -23,38 +23,15 @@ from ckpt_migrate.io.atomic import remove_quietly, temp_name
 from ckpt_migrate.model.checkpoint import Checkpoint, DerivedTensor, TensorRef
 from ckpt_migrate.errors import CorruptFileError, NotMyFormat, OutputExistsError, UsageError, VerificationError
 from ckpt_migrate.io.source import Source
-from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader, WriteOptions, WriteReport
+from ckpt_migrate.options import parse_shard_size
+from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader, WriteReport
+from ckpt_migrate.options import ConvertOptions
 
 INDEX_NAME = "model.safetensors.index.json"
 FILENAME_PATTERN = "model{suffix}.safetensors"
 SINGLE_NAME = "model.safetensors"
 OUR_FILES = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$")
 MAX_INDEX_BYTES = 64 * 1024 * 1024
-_BINARY_UNITS = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_shard_size(text: str | int) -> int:
-    """Bytes from ``2GB``/``500MB``/``1.5GB`` (huggingface_hub's decimal units), ``2GiB`` or a plain byte count.
-
-    Raises:
-        UsageError: the size cannot be read or is not positive.
-    """
-    from huggingface_hub.serialization._base import parse_size_to_int
-
-    raw = str(text).strip()
-    upper = raw.upper()
-    try:
-        if upper.isdigit():
-            size = int(upper)
-        elif upper[-3:] in _BINARY_UNITS:
-            size = int(float(upper[:-3]) * _BINARY_UNITS[upper[-3:]])
-        else:
-            size = parse_size_to_int(raw)
-    except ValueError:
-        raise UsageError(f"--max-shard-size {raw!r}: expected a size such as 2GB, 500MB, 4GiB or a byte count") from None
-    if size <= 0:
-        raise UsageError(f"--max-shard-size {raw!r} must be positive")
-    return size
 
 
 def storage_id(tensor: Any) -> int | None:
@@ -80,6 +57,26 @@ def plan_shards(tensors: Mapping[str, Any], max_bytes: int) -> Any:
         filename_pattern=FILENAME_PATTERN,
         max_shard_size=max_bytes,
     )
+
+
+def _first_byte(tensor: Any) -> int:
+    """Where a tensor's bytes begin in its source file (0 when they are elsewhere), for ordering shards."""
+    ref = tensor.inputs[0] if isinstance(tensor, DerivedTensor) and len(tensor.inputs) == 1 else tensor
+    if not isinstance(ref, TensorRef):
+        return 0
+    return int(ref.storage.source.offset) + int(ref.offset) * ref.dtype.itemsize
+
+
+def shard_order(filename_to_tensors: Mapping[str, list[str]], tensors: Mapping[str, Any]) -> list[str]:
+    """Shard file names in the order their tensors lie in the source (earliest first byte first).
+
+    Shards are separate files, so any order writes the same folder; this one lets the one-pass
+    source hash read the source front to back instead of rereading the bytes a shard skipped.
+    """
+    def first(filename: str) -> int:
+        return min((_first_byte(tensors[name]) for name in filename_to_tensors[filename]), default=0)
+
+    return sorted(filename_to_tensors, key=first)
 
 
 def _our_files(folder: str) -> list[str]:
@@ -142,7 +139,7 @@ def _verify_folder(folder: str, checkpoint: Checkpoint, split: Any, source: str)
             raise VerificationError(f"tensor {name!r} is not in the shard the index names", path=source)
 
 
-def write_sharded(checkpoint: Checkpoint, dst: str, options: WriteOptions) -> WriteReport:
+def write_sharded(checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:
     """Write ``checkpoint`` as a Hugging Face sharded folder at ``dst`` and verify every shard and the index.
 
     One shard gives ``model.safetensors`` alone (as huggingface_hub does); several give
@@ -159,7 +156,7 @@ def write_sharded(checkpoint: Checkpoint, dst: str, options: WriteOptions) -> Wr
     stale = _check_folder_destination(dst, options.force)
     split = plan_shards(checkpoint.tensors, max_bytes)
     source = str(checkpoint.meta.get("source", dst))
-    digest = SourceDigest(checkpoint, bool(options.extra.get("source_hash", True)))
+    digest = SourceDigest(checkpoint, options.source_hash, one_pass=True)
     metadata = digest.metadata(checkpoint)
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
@@ -167,11 +164,11 @@ def write_sharded(checkpoint: Checkpoint, dst: str, options: WriteOptions) -> Wr
     os.makedirs(staging)
     paths: dict[str, str] = {}
     try:
-        for filename, names in split.filename_to_tensors.items():
-            subset = OrderedDict((name, checkpoint.tensors[name]) for name in names)
+        for filename in shard_order(split.filename_to_tensors, checkpoint.tensors):
+            subset = OrderedDict((name, checkpoint.tensors[name]) for name in split.filename_to_tensors[filename])
             path = os.path.join(staging, filename)
             paths[filename] = write_tensors(subset, path, metadata, verify=options.verify, source=source,
-                                            stream=options.extra.get("stream"))["path"]
+                                            stream=options.stream, digest=digest)["path"]
         total = sum(int(tensor.nbytes) for tensor in checkpoint.tensors.values())
         written = list(split.filename_to_tensors)
         if split.is_sharded:
@@ -187,6 +184,8 @@ def write_sharded(checkpoint: Checkpoint, dst: str, options: WriteOptions) -> Wr
     except BaseException:
         remove_quietly(staging)
         raise
+    finally:
+        digest.close()
     outputs = [os.path.join(dst, name) for name in written]
     size = sum(os.path.getsize(path) for path in outputs)
     from ckpt_migrate.converters.writers.safetensors.writer import safetensors_metadata
@@ -196,7 +195,7 @@ def write_sharded(checkpoint: Checkpoint, dst: str, options: WriteOptions) -> Wr
         "metadata": safetensors_metadata(checkpoint), "shards": len(split.filename_to_tensors),
         "index": os.path.join(dst, INDEX_NAME) if split.is_sharded else None,
         "path": kinds[0] if len(kinds) == 1 else "mixed", "shard_paths": paths, "max_shard_size": max_bytes,
-    })
+    }, source_sha256=digest.result())
 
 
 def find_index(folder: str) -> str | None:

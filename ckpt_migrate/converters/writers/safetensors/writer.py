@@ -9,10 +9,13 @@ import threading
 from typing import Any, Mapping
 
 from ckpt_migrate.io.atomic import atomic_path, remove_quietly
+from ckpt_migrate.io.hashing import HashThread, SequentialSha256
 from ckpt_migrate.model.checkpoint import Checkpoint
 from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError, VerificationError
 from ckpt_migrate.bundle.plain import scalar, to_plain
-from ckpt_migrate.converters.base import WriteOptions, WriteReport, Writer
+from ckpt_migrate.model.provenance import source_label
+from ckpt_migrate.converters.base import WriteReport, Writer
+from ckpt_migrate.options import ConvertOptions
 
 SHA256_PLACEHOLDER = "0" * 64
 SCALAR_EXTRAS = ("epoch", "loss", "step", "global_step", "best_acc", "acc", "best_prec1", "best_loss")
@@ -22,7 +25,9 @@ def safetensors_metadata(checkpoint: Checkpoint) -> dict[str, str]:
     """str → str metadata: provenance, the bundle's scalar extras as JSON, quantization parameters."""
     meta = checkpoint.meta
     out = {"format": "pt"}
-    for key in ("source", "source_sha256", "reader", "tool", "kind"):
+    if source_label(meta):
+        out["source"] = source_label(meta)
+    for key in ("source_sha256", "reader", "tool", "kind"):
         if meta.get(key) is not None:
             out[key] = str(meta[key])
     if meta.get("schemas"):
@@ -36,6 +41,10 @@ def safetensors_metadata(checkpoint: Checkpoint) -> dict[str, str]:
         out["quantization"] = json.dumps(to_plain(quantized))
     for key, value in (meta.get("safetensors_metadata") or {}).items():
         out.setdefault(key, value)
+    if meta.get("aliases"):
+        from ckpt_migrate.converters.writers.safetensors.hf_layout import alias_metadata
+
+        out.update(alias_metadata(meta["aliases"]))
     return out
 
 
@@ -84,12 +93,13 @@ def verify_file(path: str, expected: dict[str, Any], source: str) -> None:
 
 
 def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str], *, verify: bool, source: str,
-                  stream: bool | None = None) -> dict[str, Any]:
+                  stream: bool | None = None, digest: "SourceDigest | None" = None) -> dict[str, Any]:
     """Write ``tensors`` as one safetensors file at ``path`` (not atomic: the caller owns the temporary name).
 
     Streams byte ranges without torch when that is exact (see :mod:`.stream`), else materializes
-    with torch; ``stream=False`` forces torch, ``stream=True`` forbids the fallback. Returns how it
-    was written: ``{"path": "stream"}`` or ``{"path": "general", "fallback": reason}``.
+    with torch; ``stream=False`` forces torch, ``stream=True`` forbids the fallback. A one-pass
+    ``digest`` is fed the source bytes as the stream copies them. Returns how it was written:
+    ``{"path": "stream"}`` or ``{"path": "general", "fallback": reason}``.
 
     Raises:
         VerificationError: the output does not read back equal to the source.
@@ -101,7 +111,8 @@ def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str
     reason = "streaming disabled"
     if stream is not False:
         try:
-            write_stream(plan_stream(tensors, metadata), path, verify_source=source if verify else None)
+            write_stream(plan_stream(tensors, metadata), path, verify_source=source if verify else None,
+                         hasher=digest.feed if digest is not None else None)
             return {"path": "stream"}
         except CannotStream as why:
             if stream:
@@ -120,24 +131,35 @@ def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str
 
 
 class SourceDigest:
-    """The source file's sha256 for the metadata, when asked for, computed in a background thread while the output is written.
+    """The source file's sha256 for the metadata, when asked for, taken while the output is written.
 
-    Hashing reads every byte of the source once more and runs at about half the speed of a copy,
-    so ``api.convert`` skips it at load time for writers that set ``hashes_source`` and this writer
-    takes it only with ``source_hash=True`` (or when the checkpoint already carries it). It then
-    overlaps the copy and the verification; the metadata is written with
-    :data:`SHA256_PLACEHOLDER` (same length) and patched in place once the hash is known.
+    ``api.convert`` skips hashing at load time for writers that set ``hashes_source``; this writer
+    takes the hash with ``source_hash=True`` (unless the checkpoint already carries it). With
+    ``one_pass`` and a local source file, the hash is fed by the streaming copy from the very
+    buffers it copies through (:class:`~ckpt_migrate.io.hashing.HashThread`, on another core) and
+    only the bytes the copy never reads (headers, the pickle) are read for it; pass this object as
+    ``write_tensors(digest=...)``. Otherwise (a folder, a remote source, ``one_pass=False``) a
+    background thread reads the source again, overlapping the copy. Either way the metadata is
+    written with :data:`SHA256_PLACEHOLDER` (same length) and patched in place once the hash is known.
     """
 
-    def __init__(self, checkpoint: Checkpoint, wanted: bool) -> None:
+    def __init__(self, checkpoint: Checkpoint, wanted: bool, one_pass: bool = False) -> None:
         self.checkpoint = checkpoint
         self.value: str | None = checkpoint.meta.get("source_sha256")
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self.feed: HashThread | None = None
         source = checkpoint.meta.get("source")
-        if wanted and self.value is None and isinstance(source, str) and source:
-            self.thread = threading.Thread(target=self._run, args=(source,), name="ckpt-migrate-sha256", daemon=True)
-            self.thread.start()
+        if not wanted or self.value is not None or not isinstance(source, str) or not source:
+            return
+        if one_pass and "://" not in source and os.path.isfile(source):
+            try:
+                self.feed = HashThread(SequentialSha256(source))
+                return
+            except OSError:
+                self.feed = None
+        self.thread = threading.Thread(target=self._run, args=(source,), name="ckpt-migrate-sha256", daemon=True)
+        self.thread.start()
 
     def _run(self, source: str) -> None:
         from ckpt_migrate.io.source import Source
@@ -149,7 +171,7 @@ class SourceDigest:
 
     @property
     def pending(self) -> bool:
-        return self.thread is not None
+        return self.thread is not None or self.feed is not None
 
     def metadata(self, checkpoint: Checkpoint) -> dict[str, str]:
         """The checkpoint's safetensors metadata, with the placeholder while the hash is pending."""
@@ -159,18 +181,24 @@ class SourceDigest:
         return metadata
 
     def result(self) -> str | None:
-        """Wait for the hash, record it in the checkpoint's meta and return it.
+        """Wait for the hash and return it (None when it was not asked for).
 
         Raises:
             CkptMigrateError: the source could not be read again.
         """
+        if self.feed is not None:
+            try:
+                self.value = self.feed.result()
+            except BaseException as error:  # noqa: BLE001 - reported below as one line
+                self.error = error
+            self.feed = None
         if self.thread is not None:
             self.thread.join()
-            if self.error is not None:
-                if isinstance(self.error, CkptMigrateError):
-                    raise self.error
-                raise CkptMigrateError(f"cannot hash the source: {self.error}", path=self.checkpoint.meta.get("source"))
-            self.checkpoint.meta["source_sha256"] = self.value
+            self.thread = None
+        if self.error is not None:
+            if isinstance(self.error, CkptMigrateError):
+                raise self.error
+            raise CkptMigrateError(f"cannot hash the source: {self.error}", path=self.checkpoint.meta.get("source"))
         return self.value
 
     def finish(self, paths: list[str], source: str) -> None:
@@ -184,6 +212,12 @@ class SourceDigest:
         value = self.result() or ""
         for path in paths:
             patch_metadata(path, "source_sha256", SHA256_PLACEHOLDER, value, source)
+
+    def close(self) -> None:
+        """Stop a one-pass hash that will not be finished (the write failed); idempotent."""
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
 
 
 def patch_metadata(path: str, key: str, old: str, new: str, source: str) -> None:
@@ -218,8 +252,8 @@ class SafetensorsWriter(Writer):
     """One ``.safetensors`` file, or a Hugging Face sharded folder with ``--max-shard-size``.
 
     Tied tensors are written under every name. The streaming path (no torch, constant memory) is
-    used whenever it is exact; ``extra["stream"]`` forces it (True) or the torch path (False).
-    ``hashes_source``: ``load`` does not hash the source for this writer; ``extra["source_hash"]``
+    used whenever it is exact; ``options.stream`` forces it (True) or the torch path (False).
+    ``hashes_source``: ``load`` does not hash the source for this writer; ``options.source_hash``
     asks for the sha256 in the metadata, taken here while the output is written.
     """
 
@@ -229,20 +263,30 @@ class SafetensorsWriter(Writer):
     requires = ("safetensors", "torch")
     hashes_source = True
 
-    def write(self, checkpoint: Checkpoint, dst: str, options: WriteOptions) -> WriteReport:
+    def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:
+        from ckpt_migrate.converters.writers.safetensors import hf_layout
+
         check_representable(checkpoint)
+        if checkpoint.meta.get("hf_prefix") and not options.max_shard_size and not dst.lower().endswith(".safetensors"):
+            return hf_layout.write_hf_folder(checkpoint, dst, options)
+        if options.dedupe_shared or options.hf_layout:
+            checkpoint, _ = hf_layout.drop_aliases(checkpoint, "transformers" if options.hf_layout else "safetensors")
         if options.max_shard_size:
             from ckpt_migrate.converters.writers.safetensors.sharded import write_sharded
 
             return write_sharded(checkpoint, dst, options)
         if dst.endswith(os.sep) or os.path.isdir(dst):
             raise UsageError("is a folder; a single safetensors file needs a file name (or pass --max-shard-size for shards)", path=dst)
-        digest = SourceDigest(checkpoint, bool(options.extra.get("source_hash", True)))
+        digest = SourceDigest(checkpoint, options.source_hash, one_pass=True)
         metadata = digest.metadata(checkpoint)
         source = str(checkpoint.meta.get("source", dst))
-        with atomic_path(dst, options.force) as tmp:
-            details = write_tensors(checkpoint.tensors, tmp, metadata, verify=options.verify, source=source,
-                                    stream=options.extra.get("stream"))
-            digest.finish([tmp], source)
+        try:
+            with atomic_path(dst, options.force) as tmp:
+                details = write_tensors(checkpoint.tensors, tmp, metadata, verify=options.verify, source=source,
+                                        stream=options.stream, digest=digest)
+                digest.finish([tmp], source)
+        finally:
+            digest.close()
         size = os.path.getsize(dst)
-        return WriteReport([dst], len(checkpoint.tensors), size, options.verify, {"metadata": safetensors_metadata(checkpoint), **details})
+        return WriteReport([dst], len(checkpoint.tensors), size, options.verify, {"metadata": safetensors_metadata(checkpoint), **details},
+                           source_sha256=digest.result())
