@@ -1,0 +1,123 @@
+"""Carry a file over byte for byte: a temporary name in DST, sha256 checked against the source, then renamed.
+
+Used by ``migrate`` for every file of a model folder that is not a checkpoint (configs, tokenizer
+files, model cards, images…). Outputs are never written through a symlink inside DST; with
+``fsync`` the file and its folder are made durable before the caller records them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, UsageError, VerificationError
+from ckpt_migrate.io.atomic import remove_quietly, temp_name
+from ckpt_migrate.io.source import Source
+from ckpt_migrate.io.trees import CHUNK, Tree
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file, or a folder where the file system allows it; errors of folders are ignored."""
+    is_dir = os.path.isdir(path)
+    try:
+        handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0))
+    except OSError:
+        if is_dir:
+            return
+        raise
+    try:
+        os.fsync(handle)
+    except OSError:
+        if not is_dir:
+            raise
+    finally:
+        os.close(handle)
+
+
+def sync_outputs(paths: list[str]) -> None:
+    """fsync every file under ``paths`` (files or folders), then each folder that holds them."""
+    folders = set()
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            for folder, _, files in os.walk(path):
+                for name in files:
+                    fsync_path(os.path.join(folder, name))
+                folders.add(folder)
+        elif os.path.isfile(path):
+            fsync_path(path)
+        folders.add(os.path.dirname(os.path.abspath(path)))
+    for folder in sorted(folders, key=len, reverse=True):
+        fsync_path(folder)
+
+
+def check_no_links(tree: Tree, rel: str) -> None:
+    """Refuse a destination that is, or lies under, a symlink inside a local DST.
+
+    Raises:
+        UsageError: a component of ``rel`` below DST's root is a symlink.
+    """
+    if not tree.local:
+        return
+    parts = rel.split("/")
+    for count in range(1, len(parts) + 1):
+        path = tree.path("/".join(parts[:count]))
+        if os.path.islink(path):
+            raise UsageError("is a symlink inside the destination; outputs are never written through links", path=path)
+
+
+def _hash_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_file(src: str, tree: Tree, rel: str, *, overwrite: bool, fsync: bool = True) -> dict[str, Any]:
+    """Copy ``src`` (a path or URL) to ``rel`` under ``tree``, verified by sha256; return the result fields.
+
+    Raises:
+        OutputExistsError: the destination exists and ``overwrite`` is false.
+        VerificationError: the copy's bytes differ from the source's.
+        CkptMigrateError: the source cannot be read or the destination written.
+    """
+    check_no_links(tree, rel)
+    if tree.exists(rel) and not overwrite:
+        raise OutputExistsError("already exists; pass --force to overwrite it", path=tree.url_of(rel))
+    if tree.local:
+        target = tree.path(rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = temp_name(target)
+    else:
+        import tempfile
+
+        handle, tmp = tempfile.mkstemp(prefix="ckpt-migrate-copy-")
+        os.close(handle)
+    digest = hashlib.sha256()
+    try:
+        with Source(src).open() as reader, open(tmp, "wb") as writer:
+            while chunk := reader.read(CHUNK):
+                digest.update(chunk)
+                writer.write(chunk)
+            writer.flush()
+            if fsync:
+                os.fsync(writer.fileno())
+        expected = digest.hexdigest()
+        if _hash_file(tmp) != expected:
+            raise VerificationError("the copy differs from the source", path=src)
+        if tree.local:
+            check_no_links(tree, rel)
+            os.replace(tmp, target)
+            if fsync:
+                fsync_path(os.path.dirname(target))
+        else:
+            from ckpt_migrate.batch.worker import upload
+
+            upload(tmp, tree, rel)
+    except OSError as error:
+        raise CkptMigrateError(f"cannot copy: {error.strerror or error}", path=src) from None
+    finally:
+        remove_quietly(tmp)
+    size, mtime = tree.stat(rel) or (0, 0.0)
+    return {"sha256": expected, "kind": "file", "output_size": size, "output_mtime": mtime, "output_sha256": expected, "verified": True}
