@@ -15,7 +15,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Mapping, NamedTuple, Protocol, Sequence, TypeVar
 
+import regex
+
 from ckpt_migrate.errors import SchemaError
+from ckpt_migrate.schemas.patterns import BoundedPattern, PatternTimeout
 
 T = TypeVar("T")
 
@@ -260,11 +263,13 @@ def _rename_prefix(state: "OrderedDict[str, T]", p: Mapping[str, Any], ops: Tens
 
 
 def _regex(state: "OrderedDict[str, T]", p: Mapping[str, Any], ops: TensorOps[T], ctx: _Context) -> _Outcome:
-    pattern = re.compile(p["pattern"])
+    pattern = BoundedPattern(p["pattern"])
     try:
         return _rename_keys(state, lambda k: pattern.sub(p["replace"], k), ctx)
-    except re.error as exc:
+    except (re.error, regex.error) as exc:
         raise ctx.error(f"replace {p['replace']!r} is invalid: {exc}") from None
+    except PatternTimeout as exc:
+        raise ctx.error(str(exc)) from None
 
 
 def _rename(state: "OrderedDict[str, T]", p: Mapping[str, Any], ops: TensorOps[T], ctx: _Context) -> _Outcome:
@@ -281,13 +286,19 @@ def _filter(state: "OrderedDict[str, T]", keep: Callable[[str], bool], ctx: _Con
 
 
 def _drop(state: "OrderedDict[str, T]", p: Mapping[str, Any], ops: TensorOps[T], ctx: _Context) -> _Outcome:
-    pattern = re.compile(p["pattern"])
-    return _filter(state, lambda k: pattern.search(k) is None, ctx)
+    pattern = BoundedPattern(p["pattern"])
+    try:
+        return _filter(state, lambda k: pattern.search(k) is None, ctx)
+    except PatternTimeout as exc:
+        raise ctx.error(str(exc)) from None
 
 
 def _keep(state: "OrderedDict[str, T]", p: Mapping[str, Any], ops: TensorOps[T], ctx: _Context) -> _Outcome:
-    pattern = re.compile(p["pattern"])
-    return _filter(state, lambda k: pattern.search(k) is not None, ctx)
+    pattern = BoundedPattern(p["pattern"])
+    try:
+        return _filter(state, lambda k: pattern.search(k) is not None, ctx)
+    except PatternTimeout as exc:
+        raise ctx.error(str(exc)) from None
 
 
 def _resolve_shape(key: str, old: tuple[int, ...], wanted: Sequence[int], ctx: _Context) -> tuple[int, ...]:
@@ -329,18 +340,15 @@ def _normalize_dim(dim: int, ndim: int, key: str, ctx: _Context) -> int:
 
 
 def _permutation(key: str, ndim: int, dims: Sequence[int], ctx: _Context) -> tuple[int, ...]:
-    if len(dims) == 2:
-        a, b = (_normalize_dim(d, ndim, key, ctx) for d in dims)
-        perm = list(range(ndim))
-        perm[a], perm[b] = perm[b], perm[a]
-        return tuple(perm)
-    perm = [_normalize_dim(d, ndim, key, ctx) for d in dims] if len(dims) == ndim else []
-    if sorted(perm) != list(range(ndim)):
+    for dim in dims:
+        _normalize_dim(dim, ndim, key, ctx)
+    perm = resolve_permutation(ndim, dims)
+    if perm is None:
         raise ctx.error(
             f"dims {list(dims)} are neither two dims to swap nor a permutation of the "
             f"{ndim} dims of {key!r}"
         )
-    return tuple(perm)
+    return perm
 
 
 def _transpose(state: "OrderedDict[str, T]", p: Mapping[str, Any], ops: TensorOps[T], ctx: _Context) -> _Outcome:
