@@ -3,6 +3,9 @@
 A folder (DCP, sharded safetensors, a DeepSpeed checkpoint) is digested as the sha256 of its
 members' lines ``relative/posix/name\\0<sha256 of the member>\\n`` in sorted name order, so the
 provenance recorded by ``convert`` and the manifest kept by ``migrate`` agree for the same folder.
+
+A file being converted is hashed from the copy's own buffers (:class:`SequentialSha256` fed by a
+:class:`HashThread`), so recording its sha256 costs no second read of the source.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ byte range: copied through a few cache-sized buffers, or by the kernel (``os.cop
 else ``os.sendfile``) when source and destination share their offset within a page and nothing
 needs the bytes in user space. A strided view is gathered, a big-endian storage byte-swapped and a
 cast computed chunk by chunk with numpy. Memory stays constant whatever the file size.
-Verification reads every written piece back (on a second thread, overlapping the copy) and compares
-it with the bytes it came from, then parses the header again with the strict reader of
-:mod:`.safetensors_`; :func:`verify_stream` does the same as a separate full pass.
+One pass: every source byte is read once, into a buffer that is written, read back and compared
+(verification, on a second thread, overlapping the copy) and fed to the source's sha256 (a third
+thread, :class:`~ckpt_migrate.io.hashing.HashThread`) in file order; the header is parsed again with
+the strict safetensors reader at the end. :func:`verify_stream` is the same check as a separate full
+pass. Without verification or hashing, aligned ranges are copied by the kernel.
 
 Anything it cannot reproduce bit for bit (derived tensors other than casts, remote sources, types
 safetensors lacks, a cast meeting NaNs whose bit patterns torch chooses per kernel) raises
@@ -19,6 +21,7 @@ safetensors lacks, a cast meeting NaNs whose bit patterns torch chooses per kern
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import mmap
 import os
@@ -26,16 +29,18 @@ import queue
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import ckpt_migrate.model.dtypes as _dtypes
 from ckpt_migrate.model.checkpoint import ByteSource, DerivedTensor, PiecedSource, TensorRef
 from ckpt_migrate.errors import CorruptFileError, VerificationError
+from ckpt_migrate.io.hashing import HashThread
 
 CHUNK_BYTES = 8 << 20
 WINDOW_BYTES = 32 << 20
 COPY_BUFFER_BYTES = 1 << 20
-VERIFY_BUFFERS = 4
+PIPELINE_BUFFERS = 8
+FEED_WINDOWS = 2
 KERNEL_COPY_MAX = 1 << 30
 PAGE = mmap.PAGESIZE
 CASTABLE = ("float64", "float32", "float16", "bfloat16")
@@ -89,7 +94,7 @@ def _needs_swap(ref: TensorRef) -> bool:
 
 def _cast_source(value: DerivedTensor) -> TensorRef | None:
     inputs = value.inputs
-    if len(inputs) != 1 or not isinstance(inputs[0], TensorRef) or value.description != f"cast to {value.dtype.name}":
+    if len(inputs) != 1 or not isinstance(inputs[0], TensorRef) or not value.is_cast:
         return None
     if tuple(inputs[0].shape) != tuple(value.shape) or value.quantization or inputs[0].quantization:
         return None
@@ -169,10 +174,13 @@ def plan_stream(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Stre
 
 
 class _Files:
-    """Read-only descriptors of the source files, opened once each."""
+    """Read-only descriptors of the source files, opened once each, and which of them is the file being hashed."""
 
-    def __init__(self) -> None:
+    def __init__(self, hasher: HashThread | None = None) -> None:
         self.fds: dict[str, int] = {}
+        self.hasher = hasher
+        self.sink: Callable[[Any, int], None] | None = None
+        self._hashed: dict[str, bool] = {}
 
     def __enter__(self) -> "_Files":
         return self
@@ -186,6 +194,19 @@ class _Files:
         if source.name not in self.fds:
             self.fds[source.name] = os.open(source.name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         return self.fds[source.name]
+
+    def hashed(self, source: ByteSource) -> bool:
+        """True when ``source``'s bytes lie in the file being hashed (so they are fed to the hash as they pass)."""
+        if self.hasher is None or source.buffer is not None or isinstance(source, PiecedSource):
+            return False
+        if source.name not in self._hashed:
+            self._hashed[source.name] = self.hasher.holds(self.fd(source))
+        return self._hashed[source.name]
+
+    def tap(self, source: ByteSource, offset: int, data: Any) -> None:
+        """Feed bytes just read from ``source`` at file ``offset`` to the hash (through ``sink``), when that file is the one hashed."""
+        if self.sink is not None and self.hashed(source):
+            self.sink(data, offset)
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, name: str) -> None:
@@ -282,11 +303,12 @@ def _read_cost(shape: tuple[int, ...], stride: tuple[int, ...], out_limit: int, 
     return shape[0] * _read_cost(shape[1:], stride[1:], out_limit, window_limit)
 
 
-def _gathered(ref: TensorRef, files: _Files) -> Iterator[Any]:
+def _gathered(ref: TensorRef, files: _Files, feed: bool = False) -> Iterator[Any]:
     """The elements of ``ref`` in row-major order, as contiguous unsigned-integer numpy arrays of bounded size.
 
     A view whose rows cannot be read in bounded windows without rereading its storage many times
-    is served from a read-only memory map of its whole span instead.
+    is served from a read-only memory map of its whole span instead. With ``feed``, every window
+    read from the hashed file is handed to its hash as it passes.
 
     Raises:
         CorruptFileError: the file ends before the tensor's bytes.
@@ -315,6 +337,8 @@ def _gathered(ref: TensorRef, files: _Files) -> Iterator[Any]:
             return numpy.frombuffer(mapped, dtype, count, mapped_base + first * width)
         array = numpy.empty(count, dtype)
         _pread_into(files.fd(source), memoryview(array).cast("B"), source.offset + first * width, source.name)
+        if feed:
+            files.tap(source, source.offset + first * width, memoryview(array).cast("B"))
         return array
 
     for first, count, shape, stride in _blocks(ref.shape, ref.stride, ref.offset, out_limit, window_limit):
@@ -359,15 +383,17 @@ def _cast(block: Any, source: _dtypes.DType, target: _dtypes.DType, name: str) -
         return ((bits + ((bits >> 16) & 1) + 0x7FFF) >> 16).astype(numpy.uint16)
 
 
-def entry_chunks(entry: Entry, files: _Files) -> Iterator[Any]:
+def entry_chunks(entry: Entry, files: _Files, feed: bool = False) -> Iterator[Any]:
     """The output bytes of a gathered, byte-swapped or cast tensor, as bounded uint8 numpy arrays.
+
+    With ``feed``, the source bytes read are fed to the hash of ``files`` as they pass.
 
     Raises:
         CannotStream: a cast meets NaNs.
         CorruptFileError: the source ends early.
     """
     ref = entry.ref
-    for block in _gathered(ref, files):
+    for block in _gathered(ref, files, feed):
         if _needs_swap(ref):
             block = _swapped(block, ref.dtype)
         if entry.dtype != ref.dtype:
@@ -380,40 +406,47 @@ def _source_start(entry: Entry) -> int:
 
 
 class _Output:
-    """The file being written, through a few cache-sized buffers.
+    """The file being written, through a few cache-sized buffers that rotate through a pipeline.
 
-    When verifying, a second thread reads every written piece back and compares it with the
-    buffer it was written from while the next piece is copied (the buffers rotate between them),
-    so verification overlaps the copy instead of following it.
+    The writing thread reads a piece of the source into a free buffer and writes it. When
+    verifying, a second thread reads the written piece back and compares it with that buffer;
+    when hashing, the buffer then goes to the hash thread (:class:`HashThread`) if its bytes come
+    from the hashed file; only then is it free again. Every stage runs beside the copy of the
+    next pieces, and every source byte is read once, into user space, for all three uses.
     """
 
-    def __init__(self, fd: int, path: str, verify: bool, label: str) -> None:
-        self.fd, self.path, self.label = fd, path, label
+    def __init__(self, fd: int, path: str, verify: bool, label: str, hasher: HashThread | None = None) -> None:
+        self.fd, self.path, self.label, self.hasher = fd, path, label, hasher
         self.free: "queue.SimpleQueue[bytearray]" = queue.SimpleQueue()
-        for _ in range(VERIFY_BUFFERS if verify else 1):
+        for _ in range(PIPELINE_BUFFERS if verify or hasher is not None else 1):
             self.free.put(bytearray(COPY_BUFFER_BYTES))
+        self.windows = threading.Semaphore(FEED_WINDOWS)
         self.failure: BaseException | None = None
-        self.pending: "queue.SimpleQueue[tuple[bytearray, int, int, str] | None] | None" = None
+        self.pending: "queue.SimpleQueue[tuple[Any, int, int | None, str, int | None, Any] | None] | None" = None
         self.checker: threading.Thread | None = None
         if verify:
             self.pending = queue.SimpleQueue()
             self.checker = threading.Thread(target=self._check_pieces, args=(self.pending,), name="ckpt-migrate-verify", daemon=True)
             self.checker.start()
 
-    def _check_pieces(self, pending: "queue.SimpleQueue[tuple[bytearray, int, int, str] | None]") -> None:
+    def _check_pieces(self, pending: "queue.SimpleQueue[tuple[Any, int, int | None, str, int | None, Any] | None]") -> None:
         check = bytearray(COPY_BUFFER_BYTES)
         while (item := pending.get()) is not None:
-            buffer, count, position, name = item
+            buffer, count, position, name, hash_offset, release = item
             try:
-                if self.failure is None:
+                if self.failure is None and position is not None:
                     _pread_into(self.fd, memoryview(check)[:count], position, self.path)
-                    if count < len(buffer):
-                        memoryview(check)[count:] = memoryview(buffer)[count:]
-                    if check != buffer:
+                    if memoryview(check)[:count] != memoryview(buffer)[:count]:
                         self.failure = VerificationError(f"tensor {name!r} read back from the output differs from the source", path=self.label)
             except BaseException as error:  # noqa: BLE001 - handed to the writing thread
                 self.failure = error
-            self.free.put(buffer)
+            self._hash(buffer, count, hash_offset, release)
+
+    def _hash(self, buffer: Any, count: int, hash_offset: int | None, release: Any) -> None:
+        if hash_offset is not None and self.hasher is not None:
+            self.hasher.submit(hash_offset, memoryview(buffer)[:count], release)
+        elif release is not None:
+            release()
 
     def _take(self) -> bytearray:
         buffer = self.free.get()
@@ -422,12 +455,24 @@ class _Output:
             raise self.failure
         return buffer
 
-    def _send(self, buffer: bytearray, count: int, position: int, name: str) -> None:
+    def _send(self, buffer: bytearray, count: int, position: int, name: str, hash_offset: int | None = None) -> None:
         _pwrite_all(self.fd, memoryview(buffer)[:count], position)
+        release = functools.partial(self.free.put, buffer)
         if self.pending is None:
-            self.free.put(buffer)
+            self._hash(buffer, count, hash_offset, release)
         else:
-            self.pending.put((buffer, count, position, name))
+            self.pending.put((buffer, count, position, name, hash_offset, release))
+
+    def feed(self, data: Any, offset: int) -> None:
+        """Hand source bytes read elsewhere (a cast's window) to the hash, in order with the pieces before them.
+
+        At most :data:`FEED_WINDOWS` such windows wait at a time, so memory stays bounded.
+        """
+        self.windows.acquire()
+        if self.pending is None:
+            self._hash(data, len(data), offset, self.windows.release)
+        else:
+            self.pending.put((data, len(data), None, "", offset, self.windows.release))
 
     def put(self, data: memoryview, position: int, name: str) -> None:
         """Write bytes held in memory at ``position`` (through the buffers when verifying).
@@ -444,27 +489,28 @@ class _Output:
             memoryview(buffer)[:count] = data[done: done + count]
             self._send(buffer, count, position + done, name)
 
-    def copy(self, src_fd: int, src_offset: int, position: int, length: int, source_name: str, name: str) -> None:
-        """Copy a source range to ``position``.
+    def copy(self, src_fd: int, src_offset: int, position: int, length: int, source_name: str, name: str, hashed: bool = False) -> None:
+        """Copy a source range to ``position``; with ``hashed``, the range is fed to the hash as it passes.
 
-        Without verification, ranges at the same offset within a page are copied by the kernel;
-        the rest (and everything when verifying) goes through the cache-sized buffers, which
-        measured faster than the kernel's copy of misaligned ranges and lets each piece be read
-        back while it is still in cache.
+        Without verification or hashing, ranges at the same offset within a page are copied by the
+        kernel; the rest (and everything when the bytes are needed in user space) goes through the
+        cache-sized buffers, which measured faster than the kernel's copy of misaligned ranges and
+        lets each piece be read back and hashed while it is still in cache.
 
         Raises:
             CorruptFileError: the source ends early.
             VerificationError: an earlier piece read back differently.
         """
+        user_space = self.pending is not None or (hashed and self.hasher is not None)
         while length > 0:
             count = -1
-            if self.pending is None and (src_offset - position) % PAGE == 0:
+            if not user_space and (src_offset - position) % PAGE == 0:
                 count = _kernel_copy(src_fd, src_offset, self.fd, position, min(length, KERNEL_COPY_MAX))
             if count < 0:
                 buffer = self._take()
                 count = os.preadv(src_fd, [memoryview(buffer)[: min(length, len(buffer))]], src_offset)
                 if count:
-                    self._send(buffer, count, position, name)
+                    self._send(buffer, count, position, name, src_offset if hashed else None)
                 else:
                     self.free.put(buffer)
             if count == 0:
@@ -498,12 +544,12 @@ def _write_entry(entry: Entry, position: int, out: _Output, files: _Files) -> No
                 out.put(memoryview(piece.buffer)[piece.offset + within: piece.offset + within + count], position, entry.name)
             position += count
     elif entry.raw and source.buffer is None:
-        out.copy(files.fd(source), _source_start(entry), position, length, source.name, entry.name)
+        out.copy(files.fd(source), _source_start(entry), position, length, source.name, entry.name, files.hashed(source))
     elif entry.raw:
         start = _source_start(entry)
         out.put(memoryview(source.buffer)[start: start + length], position, entry.name)
     else:
-        for chunk in entry_chunks(entry, files):
+        for chunk in entry_chunks(entry, files, feed=True):
             out.put(memoryview(chunk), position, entry.name)
             position += chunk.nbytes
 
@@ -549,13 +595,25 @@ def _range_matches(source: ByteSource, start: int, remaining: int, position: int
     return True
 
 
-def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None) -> None:
-    """Write the planned file at ``path`` (created or truncated), tensor by tensor in data order.
+def source_order(plan: StreamPlan, files: _Files) -> list[Entry]:
+    """The plan's entries in the order their bytes lie in the hashed file (others first), so the hash reads it once, front to back."""
+    def key(entry: Entry) -> tuple[int, int]:
+        source = entry.ref.storage.source
+        return (1, _source_start(entry)) if files.hashed(source) else (0, 0)
 
-    With ``verify_source`` (the name errors give), every piece is read back right after it is
-    written and compared with the source bytes it came from (on a second thread, overlapping
-    the copy), and the size and header are checked at the end; :func:`verify_stream` is the
-    same check as a separate full pass.
+    return sorted(plan.entries, key=key) if files.hasher is not None else list(plan.entries)
+
+
+def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None, hasher: HashThread | None = None) -> None:
+    """Write the planned file at ``path`` (created or truncated), in one pass over the sources.
+
+    Each piece is read once into a buffer and written at its planned place. With
+    ``verify_source`` (the name errors give), it is read back right after it is written and
+    compared with that buffer (on a second thread, overlapping the copy), and the size and
+    header are checked at the end; :func:`verify_stream` is the same check as a separate full
+    pass. With ``hasher``, the pieces that come from the file it hashes are fed to it as they
+    pass, in the file's order, so no separate hashing pass reads the source again; the caller
+    finishes the digest (:meth:`HashThread.result`).
 
     Raises:
         CannotStream: a cast meets NaNs (the caller removes ``path`` and falls back).
@@ -563,11 +621,12 @@ def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None) 
         VerificationError: the output differs from the plan or the sources.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
-    out = _Output(fd, path, verify_source is not None, verify_source or path)
+    out = _Output(fd, path, verify_source is not None, verify_source or path, hasher)
     try:
-        with _Files() as files:
+        with _Files(hasher) as files:
+            files.sink = out.feed
             _pwrite_all(fd, memoryview(plan.header), 0)
-            for entry in plan.entries:
+            for entry in source_order(plan, files):
                 if entry.end > entry.begin:
                     _write_entry(entry, plan.data_start + entry.begin, out, files)
         out.close()

@@ -12,12 +12,14 @@ from ckpt_migrate.io.atomic import atomic_path, remove_quietly
 from ckpt_migrate.io.hashing import HashThread, SequentialSha256
 from ckpt_migrate.model.checkpoint import Checkpoint
 from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError, VerificationError
-from ckpt_migrate.bundle.plain import scalar, to_plain
+from ckpt_migrate.bundle.plain import plain_int, scalar, to_plain
+from ckpt_migrate.model.equality import same_tensor
 from ckpt_migrate.model.provenance import source_label
 from ckpt_migrate.converters.base import WriteReport, Writer
 from ckpt_migrate.options import ConvertOptions
 
 SHA256_PLACEHOLDER = "0" * 64
+RESERVED_NAME = "__metadata__"
 SCALAR_EXTRAS = ("epoch", "loss", "step", "global_step", "best_acc", "acc", "best_prec1", "best_loss")
 
 
@@ -35,7 +37,7 @@ def safetensors_metadata(checkpoint: Checkpoint) -> dict[str, str]:
     for key, value in checkpoint.extras.items():
         number = scalar(value)
         if number is not None and (key in SCALAR_EXTRAS or isinstance(number, (int, float))) and not isinstance(number, str):
-            out[str(key)] = json.dumps(number)
+            out[str(key)] = json.dumps(plain_int(number) if isinstance(number, int) else number)
     quantized = {name: ref.quantization for name, ref in checkpoint.tensors.items() if getattr(ref, "quantization", None)}
     if quantized:
         out["quantization"] = json.dumps(to_plain(quantized))
@@ -52,25 +54,20 @@ def check_representable(checkpoint: Checkpoint) -> None:
     """Refuse element types safetensors cannot store.
 
     Raises:
-        UnsupportedFormatError: a tensor's dtype has no safetensors code.
+        UnsupportedFormatError: a tensor's dtype has no safetensors code, or a tensor is named ``__metadata__``.
     """
+    if RESERVED_NAME in checkpoint.tensors:
+        raise UnsupportedFormatError(
+            f"a tensor is named {RESERVED_NAME!r}, which safetensors reserves for its metadata; rename it with a schema "
+            f"(rename = {{ \"{RESERVED_NAME}\" = \"NEW_NAME\" }}) or use --to normalized",
+            path=checkpoint.meta.get("source"),
+        )
     for name, ref in checkpoint.tensors.items():
         if ref.dtype.safetensors is None and ref.dtype.kind != "quantized":
             raise UnsupportedFormatError(
                 f"tensor {name!r} is {ref.dtype.name}, which safetensors cannot store; use --to normalized, or --dtype to cast",
                 path=checkpoint.meta.get("source"),
             )
-
-
-def bytes_equal(a: Any, b: Any) -> bool:
-    """True when two tensors have the same dtype, shape and bytes (NaNs compare by bit pattern)."""
-    import torch
-
-    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
-        return False
-    if a.numel() == 0:
-        return True
-    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
 def verify_file(path: str, expected: dict[str, Any], source: str) -> None:
@@ -88,7 +85,7 @@ def verify_file(path: str, expected: dict[str, Any], source: str) -> None:
             extra = sorted(keys - set(expected))[:5]
             raise VerificationError(f"written file has different keys (missing {missing}, extra {extra})", path=source)
         for name, tensor in expected.items():
-            if not bytes_equal(handle.get_tensor(name), tensor):
+            if not same_tensor(handle.get_tensor(name), tensor):
                 raise VerificationError(f"tensor {name!r} read back from the output differs from the source", path=source)
 
 
@@ -213,6 +210,13 @@ class SourceDigest:
         for path in paths:
             patch_metadata(path, "source_sha256", SHA256_PLACEHOLDER, value, source)
 
+    def written(self, checkpoint: Checkpoint) -> dict[str, str]:
+        """The metadata as written: the checkpoint's, with the hash once it is known (the checkpoint itself is not changed)."""
+        metadata = safetensors_metadata(checkpoint)
+        if self.value is not None:
+            metadata["source_sha256"] = self.value
+        return metadata
+
     def close(self) -> None:
         """Stop a one-pass hash that will not be finished (the write failed); idempotent."""
         if self.feed is not None:
@@ -288,5 +292,5 @@ class SafetensorsWriter(Writer):
         finally:
             digest.close()
         size = os.path.getsize(dst)
-        return WriteReport([dst], len(checkpoint.tensors), size, options.verify, {"metadata": safetensors_metadata(checkpoint), **details},
+        return WriteReport([dst], len(checkpoint.tensors), size, options.verify, {"metadata": digest.written(checkpoint), **details},
                            source_sha256=digest.result())
