@@ -49,7 +49,7 @@ def tree(built: tuple[Path, Path, dict], tmp_path: Path) -> tuple[Path, Path, di
 
 
 def run_cli(*args: str) -> object:
-    return CliRunner().invoke(main_group, ["migrate", *args], catch_exceptions=False)
+    return CliRunner().invoke(main_group, ["migrate", *args, "--checkpoints-only"], catch_exceptions=False)
 
 
 def test_migrate_help_lists_every_flag() -> None:
@@ -137,11 +137,11 @@ def test_dry_run_touches_nothing_and_plans_every_file(tree: tuple[Path, Path, di
 def test_second_run_skips_everything_then_redoes_what_changed(tree: tuple[Path, Path, dict], tmp_path: Path) -> None:
     src, _, expected = tree
     dst = tmp_path / "out"
-    first = migrate(src, dst, to="safetensors")
+    first = migrate(src, dst, to="safetensors", checkpoints_only=True)
     assert first.exit_code == 3 and first.counts["converted"] == CONVERTED
     stamps = {rel: (dst / rel).stat().st_mtime_ns for rel in expected}
 
-    second = migrate(src, dst, to="safetensors")
+    second = migrate(src, dst, to="safetensors", checkpoints_only=True)
     assert second.counts["converted"] == 0
     assert second.counts["up-to-date"] == CONVERTED
     assert second.exit_code == 3
@@ -149,14 +149,14 @@ def test_second_run_skips_everything_then_redoes_what_changed(tree: tuple[Path, 
 
     torch.save(trees.tiny(42).state_dict(), src / "sd/tiny.pt")
     (dst / "legacy/old.safetensors").unlink()
-    third = migrate(src, dst, to="safetensors")
+    third = migrate(src, dst, to="safetensors", checkpoints_only=True)
     redone = sorted(e.source for e in third.files if e.status == "converted")
     assert redone == ["legacy/old.pth", "sd/tiny.pt"]
     trees.assert_outputs_exact(dst, {**expected, "sd/tiny.safetensors": trees.state_dict_copy(trees.tiny(42))})
 
-    fourth = migrate(src, dst, to="safetensors", dtype="fp16")
+    fourth = migrate(src, dst, to="safetensors", checkpoints_only=True, dtype="fp16")
     assert fourth.counts["converted"] == CONVERTED, "changing a transform option redoes every file"
-    forced = migrate(src, dst, to="safetensors", dtype="fp16", force=True)
+    forced = migrate(src, dst, to="safetensors", checkpoints_only=True, dtype="fp16", force=True)
     assert forced.counts["converted"] == CONVERTED and forced.counts["up-to-date"] == 0
 
 
@@ -216,7 +216,7 @@ def test_sigkill_midway_then_rerun_completes(tmp_path: Path) -> None:
     assert not (dst / ".ckpt-migrate.lock").exists()
     latest, bad = parse(manifest.read_text())
     assert bad == 0 and len(latest) == 24 and {r["status"] for r in latest.values()} == {"done"}
-    again = migrate(src, dst, to="safetensors")
+    again = migrate(src, dst, to="safetensors", checkpoints_only=True)
     assert again.counts["up-to-date"] == 24 and again.exit_code == 0
 
 
@@ -305,7 +305,8 @@ def test_memory_urls_run_in_process_and_names_never_climb_out() -> None:
     assert sorted(by_source) == ["m/../../../escape.pt", "m/net.pt", "notes.txt"]
     assert by_source["m/../../../escape.pt"].status == "skipped" and "climb out" in by_source["m/../../../escape.pt"].reason
     assert by_source["m/net.pt"].status == "converted"
-    assert sorted(fs.find(f"{root}/dst")) == [f"{root}/dst/{MANIFEST_NAME}", f"{root}/dst/m/net.safetensors"]
+    assert sorted(fs.find(f"{root}/dst")) == [f"{root}/dst/{MANIFEST_NAME}", f"{root}/dst/m/net.safetensors", f"{root}/dst/notes.txt"]
+    assert fs.cat_file(f"{root}/dst/notes.txt") == b"hello" and by_source["notes.txt"].status == "copied"
     loaded = load_safetensors(fs.cat_file(f"{root}/dst/m/net.safetensors"))
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items()) and set(loaded) == set(model.state_dict())
     assert not [p for p in fs.find("/") if "escape" in p and not p.startswith(f"{root}/src")]

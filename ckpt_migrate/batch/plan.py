@@ -12,10 +12,13 @@ Destination naming (deterministic, independent of listing order):
    first in path order wins) keeps its full name plus the suffix (``a.pth.safetensors``), then
    ``a.pth-2.safetensors``, ``-3``… Folders that outputs live in are never taken as file names.
 
-Each planned item's action is one of ``convert``, ``up-to-date`` (the manifest says the same
-source, under the same options, produced an output that is still there unchanged), ``skip`` (not
-a checkpoint, or a link that is not followed) or ``exists`` (the destination holds a file this
-tool did not write; ``--force`` overwrites it).
+Each planned item's action is one of ``convert``, ``copy`` (a file that is not a checkpoint,
+carried over byte for byte), ``rewrite`` (Trainer state rewritten as a weights-only torch file or
+JSON), ``member`` (a shard converted with its index), ``up-to-date`` (the manifest says the same
+source, under the same options, produced an output that is still there unchanged), ``skip`` (a
+link that is not followed, not a regular file, or not a checkpoint with ``--checkpoints-only``) or
+``exists`` (the destination holds a file this tool did not write; ``--force`` overwrites it).
+What each file becomes in a model folder is decided by :mod:`ckpt_migrate.batch.layout`.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+import ckpt_migrate.batch.layout as layout
 from ckpt_migrate.io.trees import Entry
 
+
+CONVERT, UP_TO_DATE, SKIP, EXISTS = "convert", "up-to-date", "skip", "exists"
 KNOWN_SUFFIXES = (".pth.tar", ".pt.tar", ".ckpt.tar", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".tar", ".bin",
                   ".safetensors", ".torch", ".model", ".weights", ".onnx")
 
-CONVERT, UP_TO_DATE, SKIP, EXISTS = "convert", "up-to-date", "skip", "exists"
+COPY, REWRITE, MEMBER = "copy", "rewrite", "member"
+WORK = (CONVERT, COPY, REWRITE)
 
 MTIME_TOLERANCE = 1e-3
 
@@ -53,6 +60,10 @@ class PlanItem:
     kind: str | None = None
     sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    role: str = layout.CONVERT
+    members: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    group: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -137,25 +148,44 @@ def build_plan(
     dest_sha256: Callable[[str], str],
     force: bool = False,
     reserved: Iterable[str] = (),
+    roles: Mapping[str, layout.Role] | None = None,
 ) -> list[PlanItem]:
     """The plan for every entry of SRC, in path order.
 
     ``records`` maps a source path to its latest manifest record; the callables look at DST and
-    hash files only when sizes match but modification times do not.
+    hash files only when sizes match but modification times do not. ``roles`` (from
+    :func:`ckpt_migrate.batch.layout.assign_roles`) says what each readable file becomes; without
+    it every checkpoint is converted and every other file skipped.
     """
     entries = list(entries)
-    checkpoints = [e.rel for e in entries if e.skip_reason is None and sniffed[e.rel].checkpoint]
-    destinations = assign_destinations(checkpoints, suffix, reserved)
+    roles = dict(roles or {})
+    checkpoints = [e.rel for e in entries if e.skip_reason is None and sniffed[e.rel].checkpoint
+                   and roles.get(e.rel, layout.Role(layout.CONVERT)).role == layout.CONVERT]
+    destinations = assign_destinations(checkpoints, suffix, set(reserved) | layout.fixed_destinations(roles))
+    by_rel = {entry.rel: entry for entry in entries}
     plan: list[PlanItem] = []
     for entry in entries:
         if entry.skip_reason is not None:
             plan.append(PlanItem(entry.rel, entry.size, entry.mtime, None, SKIP, reason=entry.skip_reason))
             continue
         sniff = sniffed[entry.rel]
-        if not sniff.checkpoint:
+        role = roles.get(entry.rel) or layout.Role(layout.CONVERT if sniff.checkpoint else layout.COPY)
+        if role.role == layout.COPY and role.destination is None:
             plan.append(PlanItem(entry.rel, entry.size, entry.mtime, None, SKIP, reason=sniff.reason))
             continue
-        item = PlanItem(entry.rel, entry.size, entry.mtime, sniff.reader or "?", CONVERT, destinations[entry.rel], reason=sniff.reason)
+        if role.role == layout.MEMBER:
+            plan.append(PlanItem(entry.rel, entry.size, entry.mtime, sniff.reader or "?", MEMBER, group=role.group, role=role.role,
+                                 reason=f"converted with {posixpath.basename(role.group or '')}"))
+            continue
+        action = {layout.COPY: COPY, layout.STATE: REWRITE}.get(role.role, CONVERT)
+        destination = role.destination or destinations[entry.rel]
+        item = PlanItem(entry.rel, entry.size, entry.mtime, sniff.reader if sniff.checkpoint else None, action, destination,
+                        reason=sniff.reason if sniff.checkpoint else None, role=role.role, outputs=list(role.outputs))
+        if role.role == layout.HF_SHARDS:
+            item.members = [rel for rel, other in roles.items() if other.role == layout.MEMBER and other.group == entry.rel]
+            parts = [by_rel[rel] for rel in item.members if rel in by_rel]
+            item.size = entry.size + sum(part.size for part in parts)
+            item.mtime = max([entry.mtime] + [part.mtime for part in parts])
         _decide(item, records.get(entry.rel), options_key, dest_stat, source_sha256, dest_sha256, force)
         plan.append(item)
     return plan
@@ -170,7 +200,7 @@ def _decide(item: PlanItem, record: Mapping[str, Any] | None, options_key: str, 
         item.overwrite = True
     if record is not None and record.get("status") == "done" and not force:
         item.kind = record.get("kind")
-        if ours and record.get("options") == options_key and found is not None \
+        if ours and record.get("options") == options_key and found is not None and all(dest_stat(o) is not None for o in item.outputs) \
                 and _source_unchanged(item, record, source_sha256) and _output_unchanged(item.destination, found, record, dest_sha256):
             item.action = UP_TO_DATE
             item.sha256 = record.get("sha256")
@@ -186,7 +216,7 @@ def _source_unchanged(item: PlanItem, record: Mapping[str, Any], source_sha256: 
         return False
     if same_time(record.get("mtime"), item.mtime):
         return True
-    return bool(record.get("sha256")) and source_sha256(item.source) == record.get("sha256")
+    return not item.members and bool(record.get("sha256")) and source_sha256(item.source) == record.get("sha256")
 
 
 def _output_unchanged(destination: str, found: tuple[int, float], record: Mapping[str, Any], dest_sha256: Callable[[str], str]) -> bool:
@@ -200,7 +230,7 @@ def _output_unchanged(destination: str, found: tuple[int, float], record: Mappin
 
 def counts(plan: Iterable[PlanItem]) -> dict[str, int]:
     """How many items take each action."""
-    out = {CONVERT: 0, UP_TO_DATE: 0, SKIP: 0, EXISTS: 0}
+    out = {CONVERT: 0, COPY: 0, REWRITE: 0, MEMBER: 0, UP_TO_DATE: 0, SKIP: 0, EXISTS: 0}
     for item in plan:
         out[item.action] = out.get(item.action, 0) + 1
     return out

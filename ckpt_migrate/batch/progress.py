@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from ckpt_migrate.reports.units import human_size
 
 STATUS_LABEL = {"done": "converted", "failed": "FAILED", "refused": "REFUSED"}
+ROLE_LABEL = {"copy": "copied", "state": "rewrote"}
 
 
 class Reporter(Protocol):
@@ -55,6 +56,7 @@ class PlainLines:
         width = len(str(self.total))
         label = STATUS_LABEL.get(result.get("status", ""), result.get("status", ""))
         if result.get("status") == "done":
+            label = ROLE_LABEL.get(result.get("role", ""), label)
             text = f"{result['source']} → {result.get('output')} ({result.get('seconds', 0):.2f} s)"
         else:
             text = result.get("error") or result["source"]
@@ -150,7 +152,7 @@ def render_summary(report: Any, console: Any) -> None:
     sizes: dict[str, int] = {}
     for entry in report.files:
         sizes[entry.status] = sizes.get(entry.status, 0) + entry.size
-    for status in ("converted", "up-to-date", "skipped", "failed", "refused"):
+    for status in ("converted", "copied", "up-to-date", "skipped", "failed", "refused"):
         style = {"failed": "red", "refused": "bold red"}.get(status, "") if counts.get(status) else ""
         label = f"[{style}]{status}[/{style}]" if style else status
         table.add_row(label, str(counts.get(status, 0)), human_size(sizes.get(status, 0)) if counts.get(status) else "")

@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATUSES = ("converted", "up-to-date", "skipped", "failed", "refused", "planned")
+STATUSES = ("converted", "copied", "up-to-date", "skipped", "failed", "refused", "planned")
 
 
 @dataclass
 class FileResult:
     """One file of SRC: what the plan said (``action``) and what happened (``status``).
 
-    ``status`` is ``converted``, ``up-to-date``, ``skipped`` (not a checkpoint, or a link not
-    followed), ``failed``, ``refused`` (it calls something outside the allowlist), or ``planned``
+    ``status`` is ``converted``, ``copied`` (a file that is not a checkpoint, carried over byte
+    for byte), ``up-to-date``, ``skipped`` (a link not followed, not a regular file, or not a
+    checkpoint with ``--checkpoints-only``), ``failed``, ``refused`` (it calls something outside the allowlist), or ``planned``
     in a dry run. ``error`` is one line naming the file and the cause.
     """
 
@@ -73,11 +74,11 @@ class MigrateReport:
 
     @property
     def bytes_in(self) -> int:
-        return sum(entry.size for entry in self.files if entry.status == "converted")
+        return sum(entry.size for entry in self.files if entry.status in ("converted", "copied") and entry.action != "member")
 
     @property
     def bytes_out(self) -> int:
-        return sum(entry.output_size or 0 for entry in self.files if entry.status == "converted")
+        return sum(entry.output_size or 0 for entry in self.files if entry.status in ("converted", "copied") and entry.action != "member")
 
     @property
     def failures(self) -> list[FileResult]:

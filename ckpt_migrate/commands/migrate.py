@@ -19,15 +19,21 @@ from ckpt_migrate.commands.common import console, convert_flags, convert_options
 @click.option("--report", "report_path", metavar="FILE", help="Write the JSON report to FILE (a path or fsspec URL).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run conversions in local processes or as Ray tasks.")
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to connect to (auto, ray://host:10001); default: a local Ray instance.")
+@click.option("--checkpoints-only", is_flag=True, help="Convert checkpoints only; skip other files instead of copying them.")
+@click.option("--no-fsync", "no_fsync", is_flag=True, help="Do not fsync outputs before recording them (faster; a power loss may lose recent files).")
 @convert_flags("read", "calls", "transform", "onnx", "write")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (or, with --dry-run, the plan) as one JSON document.")
 @handle_errors
 def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, report_path: str | None, executor: str,
-            ray_address: str | None, as_json: bool, **params: Any) -> None:
+            ray_address: str | None, checkpoints_only: bool, no_fsync: bool, as_json: bool, **params: Any) -> None:
     """Convert every checkpoint under SRC_DIR into a mirrored tree under DST_DIR, verified and resumable.
 
-    Files are recognised by content: READMEs, images and CSVs are skipped and counted. Each file
-    is converted in isolation, so a corrupt or refused file is recorded and the batch goes on.
+    Files are recognised by content. Checkpoints are converted; every other file (configs,
+    tokenizer files, model cards, images) is copied byte for byte and verified, unless
+    --checkpoints-only. Hugging Face folders come out as save_pretrained writes them
+    (model.safetensors, shards + index); Trainer state becomes weights-only torch files and
+    training_args.json. Each file is handled in isolation, so a corrupt or refused file is
+    recorded and the batch goes on.
     DST_DIR keeps a manifest: running the same command again skips what is done and unchanged
     and finishes the rest, even after a crash. SRC_DIR and DST_DIR may be fsspec URLs (s3://…).
 
@@ -41,7 +47,7 @@ def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, repor
         raise UsageError("--ray-address needs --executor ray")
     options = convert_options_from(dict(params, to=to))
     report = migrate(src_dir, dst_dir, options, jobs=jobs, executor=executor, ray_address=ray_address, dry_run=dry_run,
-                     report=report_path, progress=reporter_for(quiet=dry_run))
+                     report=report_path, progress=reporter_for(quiet=dry_run), checkpoints_only=checkpoints_only, fsync=not no_fsync)
     if as_json:
         emit_json(report.to_json())
     elif dry_run:
