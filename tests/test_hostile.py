@@ -388,20 +388,24 @@ def test_benign_nested_load_from_bytes_opens(tmp_path: Path) -> None:
     assert "torch.storage._load_from_bytes" in {g.name for g in checkpoint.globals}
 
 
-def test_allow_call_accepts_a_benign_call_as_an_inert_record(tmp_path: Path) -> None:
+def test_unknown_call_is_an_inert_record_and_strict_calls_refuses_it(tmp_path: Path) -> None:
     model, _, _ = _model_and_optimizer()
     src = tmp_path / "enum.pth"
     torch.save({"state_dict": model.state_dict(), "mode": P.Mode.TRAIN}, src)
-    with pytest.raises(UnsafeFileError) as refused:
-        api.load(src)
-    assert refused.value.refused == ["payloads.Mode"]
-    assert "--allow-call payloads.Mode would accept it" in str(refused.value)
-    checkpoint = api.load(src, allow_calls=["payloads.Mode"])
+    checkpoint = api.load(src)
     record = checkpoint.extras["mode"]
     assert record.func.dotted == "payloads.Mode" and record.args == (1,)
     verdict = next(g for g in checkpoint.globals if g.name == "payloads.Mode")
-    assert verdict.verdict == "allowed" and "inert record" in verdict.reason
-    result = api.convert(src, tmp_path / "enum.safetensors", allow_calls=["payloads.Mode"])
+    assert verdict.verdict == "unknown-call" and "inert record" in verdict.reason
+    assert any("payloads.Mode" in w and "never executed" in w for w in checkpoint.meta["warnings"])
+    with pytest.raises(UnsafeFileError) as refused:
+        api.load(src, strict_calls=True)
+    assert refused.value.refused == ["payloads.Mode"]
+    assert "--allow-call payloads.Mode would accept it" in str(refused.value)
+    checkpoint = api.load(src, allow_calls=["payloads.Mode"], strict_calls=True)
+    verdict = next(g for g in checkpoint.globals if g.name == "payloads.Mode")
+    assert verdict.verdict == "allowed" and "--allow-call" in verdict.reason
+    result = api.convert(src, tmp_path / "enum.safetensors", allow_calls=["payloads.Mode"], strict_calls=True)
     assert result.report.verified
     assert torch.equal(load_file(str(tmp_path / "enum.safetensors"))["2.bias"], model.state_dict()["2.bias"])
 
@@ -416,7 +420,7 @@ def test_allow_call_never_accepts_a_gadget(tmp_path: Path) -> None:
     assert "--allow-call was given for it and was ignored" in message
 
 
-def test_cli_allow_call_both_cases(tmp_path: Path) -> None:
+def test_cli_unknown_calls_strict_calls_and_allow_call(tmp_path: Path) -> None:
     model, _, _ = _model_and_optimizer()
     src = tmp_path / "enum.pth"
     torch.save({"state_dict": model.state_dict(), "mode": P.Mode.EVAL}, src)
@@ -424,19 +428,34 @@ def test_cli_allow_call_both_cases(tmp_path: Path) -> None:
     gadget.write_bytes(P.call_pickle("os", "system", ["true"]))
     jobs = [
         {"id": "default", "args": ["convert", str(src), str(tmp_path / "a.safetensors")]},
-        {"id": "allowed", "args": ["convert", str(src), str(tmp_path / "b.safetensors"), "--allow-call", "payloads.Mode"]},
+        {"id": "strict", "args": ["convert", str(src), str(tmp_path / "s.safetensors"), "--strict-calls"]},
+        {"id": "allowed", "args": ["convert", str(src), str(tmp_path / "b.safetensors"), "--strict-calls", "--allow-call", "payloads.Mode"]},
         {"id": "gadget", "args": ["convert", str(gadget), str(tmp_path / "c.safetensors"), "--allow-call", "os.system"]},
-        {"id": "scan-allowed", "args": ["scan", str(src), "--allow-call", "payloads.Mode"]},
+        {"id": "scan", "args": ["scan", str(src)]},
+        {"id": "scan-strict", "args": ["scan", str(src), "--strict-calls"]},
+        {"id": "scan-allowed", "args": ["scan", str(src), "--strict-calls", "--allow-call", "payloads.Mode"]},
+        {"id": "inspect", "args": ["inspect", str(src)]},
+        {"id": "inspect-strict", "args": ["inspect", str(src), "--strict-calls"]},
     ]
     results = P.run_audited(jobs, [], tmp_path)
-    assert results["default"]["code"] == 3 and "--allow-call payloads.Mode would accept it" in results["default"]["stderr"]
-    assert not (tmp_path / "a.safetensors").exists()
+    assert results["default"]["code"] == 0, results["default"]["stderr"]
+    assert "warning:" in results["default"]["stdout"] + results["default"]["stderr"]
+    assert "payloads.Mode" in results["default"]["stdout"] + results["default"]["stderr"]
+    assert torch.equal(load_file(str(tmp_path / "a.safetensors"))["0.weight"], model.state_dict()["0.weight"])
+    assert results["strict"]["code"] == 3 and "--allow-call payloads.Mode would accept it" in results["strict"]["stderr"]
+    assert len(results["strict"]["stderr"].strip().splitlines()) == 1
+    assert not (tmp_path / "s.safetensors").exists()
     assert results["allowed"]["code"] == 0, results["allowed"]["stderr"]
     assert any(e.startswith("open for writing") and "b.safetensors" in e for e in results["allowed"]["events"]), "the audit hook sees writes"
     assert torch.equal(load_file(str(tmp_path / "b.safetensors"))["0.weight"], model.state_dict()["0.weight"])
     assert results["gadget"]["code"] == 3 and "ignored" in results["gadget"]["stderr"]
     assert not (tmp_path / "c.safetensors").exists()
+    assert results["scan"]["code"] == 0 and "unknown-calls" in results["scan"]["stdout"]
+    assert [line for line in results["scan"]["stderr"].splitlines() if "payloads.Mode" in line and "warning:" in line]
+    assert results["scan-strict"]["code"] == 3 and "payloads.Mode" in results["scan-strict"]["stderr"]
     assert results["scan-allowed"]["code"] == 0
+    assert results["inspect"]["code"] == 0 and "payloads.Mode" in results["inspect"]["stderr"]
+    assert results["inspect-strict"]["code"] == 3
     assert results["gadget"]["events"] == []
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options
+from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options, strict_calls_option
 from ckpt_migrate.reports.units import human_size
 
-VERDICT_STYLE = {"allowed": "green", "stub": "yellow", "refused": "bold red"}
+VERDICT_STYLE = {"allowed": "green", "stub": "yellow", "unknown-call": "magenta", "refused": "bold red"}
 
 
 def render_globals(out: Any, globals_: list[dict]) -> None:
@@ -35,19 +35,26 @@ def render_globals(out: Any, globals_: list[dict]) -> None:
 @click.option("--ema", is_flag=True, help="Inspect the EMA weights.")
 @click.option("--limit", default=40, show_default=True, help="Tensor rows to show (0: all).")
 @read_options
+@strict_calls_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
-def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tuple[str, ...], as_json: bool) -> None:
+def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tuple[str, ...], strict_calls: bool, as_json: bool) -> None:
     """Show what SRC holds, without executing anything from it.
 
-    Exits 3 when the file calls something outside the allowlist (the report still lists every global).
+    Exits 3 when the file is unsafe as ``scan`` says (a known gadget; with --strict-calls also an
+    unknown call); the report still lists every global. Unknown calls are kept as inert records
+    and named in one warning line.
     """
     from rich.table import Table
 
     from ckpt_migrate.api import inspect
 
-    report = inspect(src, allow_calls=allow_calls, select=select, ema=ema)
-    code = 3 if report["verdict"] == "refused" else 0
+    report = inspect(src, allow_calls=allow_calls, select=select, ema=ema, strict_calls=strict_calls)
+    code = 3 if report["verdict"] == "unsafe" else 0
+    if report.get("warning") and not code:
+        from ckpt_migrate.reports.inert import inert_text
+
+        click.echo(f"ckpt-migrate: warning: {inert_text(src)}: {inert_text(report['warning'])}", err=True)
     if as_json:
         emit_json(report)
         sys.exit(code)
@@ -82,5 +89,8 @@ def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tu
     if report["globals"]:
         render_globals(out, report["globals"])
     if code:
-        click.echo(f"ckpt-migrate: error: {src}: refused: calls {', '.join(g['name'] for g in report['globals'] if g['verdict'] == 'refused')}", err=True)
+        from ckpt_migrate.reports.inert import inert_text
+
+        names = ", ".join(g["name"] for g in report["globals"] if g["verdict"] == "refused")
+        click.echo(f"ckpt-migrate: error: {inert_text(src)}: refused: names {inert_text(names)}", err=True)
     sys.exit(code)

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import ckpt_migrate.model.dtypes as _dtypes
 from ckpt_migrate.errors import CorruptFileError
+from ckpt_migrate.unpickler.verdicts import GlobalVerdict
 
 
 @dataclass(frozen=True)
@@ -198,16 +199,6 @@ class TensorRef:
     def with_view(self, shape: tuple[int, ...], stride: tuple[int, ...], offset: int) -> "TensorRef":
         """A new reference onto the same storage with another view (used by schema transforms)."""
         return replace(self, shape=tuple(shape), stride=tuple(stride), offset=offset)
-
-
-@dataclass
-class GlobalVerdict:
-    """What the interpreter did with one global named by a pickle."""
-
-    name: str
-    verdict: str  # "allowed", "stub" or "refused"
-    reason: str = ""
-    offset: int | None = None
 
 
 @dataclass

@@ -3,10 +3,15 @@
 Each file is opened exactly as ``convert`` and ``inspect`` open it (the same readers and the same
 interpreter, in collect-only mode, so every global gets a verdict even after a refusal), and its
 pickles are also walked statically, opcode by opcode, so globals after a malformed byte and
-pickles no reader interprets are listed too. A file's verdict is ``clean``, ``refused`` (it names
-or calls something the allowlist refuses), ``error`` (it cannot be read) or ``skipped`` (found in
-a folder and not a checkpoint). Exit codes: 3 when anything is refused, else 1 when a file could
-not be read, else 0.
+pickles no reader interprets are listed too. A file's verdict is one of:
+
+- ``clean``: nothing would run under ``torch.load`` but allowlisted constructors;
+- ``unknown-calls``: calls of names that are not known to be harmless (listed with offsets); they
+  would run under ``torch.load(weights_only=False)``, ckpt-migrate keeps them as inert records;
+- ``unsafe``: a known code-execution gadget (or, with ``--strict-calls``, an unknown call);
+- ``error`` (it cannot be read) or ``skipped`` (found in a folder and not a checkpoint).
+
+Exit codes: 3 when a file is unsafe, else 1 when a file could not be read, else 0.
 """
 
 from __future__ import annotations
@@ -17,32 +22,15 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from ckpt_migrate.converters.filenames import CHECKPOINT_SUFFIXES, is_dcp_folder
 from ckpt_migrate.errors import CkptMigrateError, UnsafeFileError, UnsupportedFormatError
-from ckpt_migrate.unpickler.allowlist import classify
+from ckpt_migrate.unpickler.policy import Policy
 from ckpt_migrate.unpickler.static import StaticWalk, walk, walk_all
-from ckpt_migrate.unpickler.vm import GlobalUse, refusal_error, resolve_name
+from ckpt_migrate.unpickler.verdicts import CLEAN, UNSAFE, GlobalVerdict, file_verdict, refusal_error, refused, unknown_calls
+from ckpt_migrate.unpickler.vm import resolve_name, static_verdict
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar", ".safetensors", ".pt2", ".model",
-                       ".chkpt", ".weights", ".pyt", ".t7", ".pth.tar", ".distcp", ".metadata")
-"""Suffixes a file found while walking a folder must be readable under (others are skipped when unrecognised)."""
 
 _MAX_STATIC_BYTES = 256 << 20
-
-
-@dataclass
-class GlobalEntry:
-    """One global a file names: its verdict, why, where it first appears, and who found it."""
-
-    name: str
-    verdict: str
-    reason: str = ""
-    offset: int | None = None
-    where: str = ""
-    found_by: str = "interpreter"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "verdict": self.verdict, "reason": self.reason, "offset": self.offset,
-                "where": self.where, "found_by": self.found_by}
 
 
 @dataclass
@@ -51,26 +39,31 @@ class FileScan:
 
     path: str
     format: str | None = None
-    verdict: str = "clean"
-    globals: list[GlobalEntry] = field(default_factory=list)
+    verdict: str = CLEAN
+    globals: list[GlobalVerdict] = field(default_factory=list)
     error: str | None = None
     message: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
-    def refused(self) -> list[GlobalEntry]:
-        return [g for g in self.globals if g.verdict == "refused"]
+    def refused(self) -> list[GlobalVerdict]:
+        return refused(self.globals)
+
+    @property
+    def unknown_calls(self) -> list[GlobalVerdict]:
+        return unknown_calls(self.globals)
 
     def counts(self) -> dict[str, int]:
         """How many globals got each verdict."""
-        out = {"allowed": 0, "stub": 0, "refused": 0}
+        out = {"allowed": 0, "stub": 0, "unknown-call": 0, "refused": 0}
         for entry in self.globals:
             out[entry.verdict] = out.get(entry.verdict, 0) + 1
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "format": self.format, "verdict": self.verdict, "message": self.message,
-                "error": self.error, "refused": [g.name for g in self.refused], "counts": self.counts(),
+                "error": self.error, "refused": [g.name for g in self.refused],
+                "unknown_calls": [g.name for g in self.unknown_calls], "counts": self.counts(),
                 "globals": [g.to_json() for g in self.globals], "notes": self.notes}
 
 
@@ -83,14 +76,14 @@ class ScanReport:
     @property
     def exit_code(self) -> int:
         verdicts = {f.verdict for f in self.files}
-        if "refused" in verdicts:
+        if UNSAFE in verdicts:
             return 3
         if "error" in verdicts:
             return 1
         return 0
 
     def summary(self) -> dict[str, int]:
-        out = {"files": len(self.files), "clean": 0, "refused": 0, "error": 0, "skipped": 0}
+        out = {"files": len(self.files), "clean": 0, "unknown-calls": 0, "unsafe": 0, "error": 0, "skipped": 0}
         for found in self.files:
             out[found.verdict] += 1
         return out
@@ -99,18 +92,27 @@ class ScanReport:
         return {"files": [f.to_json() for f in self.files], "summary": self.summary(), "exit_code": self.exit_code}
 
 
-def scan(paths: str | os.PathLike | Iterable[str | os.PathLike], allow_calls: Iterable[str] = ()) -> ScanReport:
+def scan(paths: str | os.PathLike | Iterable[str | os.PathLike], allow_calls: Iterable[str] = (),
+         strict_calls: bool = False) -> ScanReport:
     """Scan files and folders (recursively); never executes or imports anything a file names.
 
     Files named directly are always read; files found in folders are skipped when no reader
     recognises them and their suffix is not a checkpoint's.
+
+    Args:
+        paths: files and folders.
+        allow_calls: names accepted as inert records under ``strict_calls``.
+        strict_calls: unknown calls make a file unsafe (``--strict-calls``).
+
+    Returns:
+        The report; its ``exit_code`` is what ``ckpt-migrate scan`` exits with.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     allowed = frozenset(allow_calls)
     report = ScanReport()
     for path, named in iter_files(paths):
-        report.files.append(scan_file(path, allowed, named=named))
+        report.files.append(scan_file(path, allowed, named=named, strict_calls=strict_calls))
     return report
 
 
@@ -121,12 +123,12 @@ def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, bool]]
     """
     for raw in paths:
         path = os.fspath(raw)
-        if not os.path.isdir(path) or os.path.exists(os.path.join(path, ".metadata")):
+        if not os.path.isdir(path) or is_dcp_folder(path):
             yield path, True
             continue
         for root, dirs, files in os.walk(path, followlinks=False):
             dirs.sort()
-            checkpoints = [d for d in dirs if os.path.exists(os.path.join(root, d, ".metadata"))]
+            checkpoints = [d for d in dirs if is_dcp_folder(os.path.join(root, d))]
             for name in checkpoints:
                 yield os.path.join(root, name), False
             dirs[:] = [d for d in dirs if d not in checkpoints]
@@ -144,21 +146,33 @@ def _regular(path: str) -> bool:
         return True
 
 
-def scan_file(path: str, allow_calls: frozenset[str] = frozenset(), *, named: bool = True) -> FileScan:
-    """The verdict on one file (or DCP folder): read it as ``convert`` would, in collect-only mode."""
+def scan_file(path: str, allow_calls: frozenset[str] = frozenset(), *, named: bool = True,
+              strict_calls: bool = False) -> FileScan:
+    """The verdict on one file (or DCP folder): read it as ``convert`` would, in collect-only mode.
+
+    Args:
+        path: the file or DCP folder.
+        allow_calls: names accepted as inert records under ``strict_calls``.
+        named: the user named the file (else it was found in a folder and may be skipped).
+        strict_calls: unknown calls make the file unsafe.
+
+    Returns:
+        The file's verdict, its globals and notes.
+    """
     import ckpt_migrate.api as api
 
     found = FileScan(path)
-    uses: dict[str, GlobalUse] = {}
+    policy = Policy(frozenset(allow_calls), True, strict_calls)
+    uses: dict[str, GlobalVerdict] = {}
     if os.path.exists(path) and not os.path.isdir(path) and not _regular(path):
         found.verdict, found.error = "error", "not a regular file (a device, FIFO or socket); not read"
         found.message = f"{path}: {found.error}"
         return found
     try:
-        raw, reader = api.read_raw(path, allow_calls=allow_calls, collect_only=True)
+        raw, reader = api.read_raw(path, allow_calls=allow_calls, collect_only=True, strict_calls=strict_calls)
     except UnsafeFileError as error:
         uses = dict(getattr(error, "globals", {}))
-        found.verdict, found.message = "refused", str(error)
+        found.verdict, found.message = UNSAFE, str(error)
     except UnsupportedFormatError as error:
         if not named and not path.lower().endswith(CHECKPOINT_SUFFIXES):
             found.verdict, found.message = "skipped", f"{path}: skipped: {error.message}"
@@ -174,15 +188,17 @@ def scan_file(path: str, allow_calls: frozenset[str] = frozenset(), *, named: bo
             found.notes.append("TorchScript archive: its code/ is never run by ckpt-migrate (torch.jit.load would run it)")
         if raw.meta.get("trailing_bytes"):
             found.notes.append(f"{raw.meta['trailing_bytes']} bytes after the pickle's STOP are never read")
-        if any(u.verdict == "refused" for u in uses.values()):
-            found.verdict, found.message = "refused", str(refusal_error(uses, path))
-    found.globals = [GlobalEntry(u.name, u.verdict, u.reason, u.offset, u.where) for u in uses.values()]
+        if refused(uses):
+            found.verdict, found.message = UNSAFE, str(refusal_error(uses, path))
+    found.globals = list(uses.values())
     if found.format is None:
         found.format = _sniff_name(path)
-    _add_static(found, allow_calls)
+    _add_static(found, policy)
     if found.verdict == "error" and found.refused:
-        refused = "; ".join(f"{g.name} at byte {g.offset} in {g.where} ({g.reason})" for g in found.refused)
-        found.verdict, found.message = "refused", f"{path}: refused: {refused}; the file is also malformed: {found.error}"
+        details = "; ".join(f"{g.name} at byte {g.offset} in {g.where} ({g.reason})" for g in found.refused)
+        found.verdict, found.message = UNSAFE, f"{path}: refused: {details}; the file is also malformed: {found.error}"
+    elif found.verdict == CLEAN:
+        found.verdict = file_verdict(uses)
     return found
 
 
@@ -196,7 +212,7 @@ def _sniff_name(path: str) -> str | None:
         return None
 
 
-def _add_static(found: FileScan, allow_calls: frozenset[str]) -> None:
+def _add_static(found: FileScan, policy: Policy) -> None:
     """Globals the static walk finds in the pickles the readers interpret, that the interpreter did not reach."""
     try:
         walks = _static_walks(found.path, found.format)
@@ -205,23 +221,20 @@ def _add_static(found: FileScan, allow_calls: frozenset[str]) -> None:
         return
     known = {g.name for g in found.globals}
     for where, walked, interpreted in walks:
-        if walked.error and interpreted and found.verdict == "clean":
+        if walked.error and interpreted and found.verdict == CLEAN:
             found.notes.append(f"{where}: static walk stopped: {walked.error}")
         listed = []
         for ref in walked.globals:
             module, name = resolve_name(ref.module, ref.name, walked.protocol)
             dotted = f"{module}.{name}"
-            verdict, reason = classify(dotted, allow_calls)
-            if ref.called and verdict == "stub" and dotted not in allow_calls:
-                verdict = "refused"
-                reason = f"{ref.opcode} calls a name outside the allowlist; --allow-call {dotted} would accept it as an inert record (never executed)"
+            verdict, reason = static_verdict(dotted, ref.called, ref.opcode, policy)
             if not interpreted:
                 listed.append(f"{dotted} ({verdict})")
                 continue
             if dotted in known:
                 continue
             known.add(dotted)
-            found.globals.append(GlobalEntry(dotted, verdict, reason, ref.offset, where, "static"))
+            found.globals.append(GlobalVerdict(dotted, ref.offset, verdict, reason, where, "static"))
         if walked.unresolved and interpreted:
             found.notes.append(f"{where}: STACK_GLOBAL at byte {walked.unresolved[0]} takes names the static walk cannot follow")
         if listed:

@@ -63,15 +63,23 @@ class StubObject:
 
 
 @dataclass(eq=False)
-class AllowedCall:
-    """A call the user accepted with ``--allow-call``: recorded, never executed."""
+class CallRecord:
+    """A call kept as inert data, never executed: the callable's name, its arguments and any ``BUILD`` state.
+
+    Made for unknown calls (an enum of a training library, ``functools.partial`` of a non-gadget
+    target), curated benign calls, and calls accepted with ``--allow-call``.
+    """
 
     func: GlobalRef
     args: tuple
     state: Any = None
 
     def __repr__(self) -> str:
-        return f"<call {self.func.dotted}{self.args!r}>"
+        return f"<call {self.func.dotted}{self.args!r:.200}>"
+
+
+AllowedCall = CallRecord
+"""The name :class:`CallRecord` had when only ``--allow-call`` made such records."""
 
 
 @dataclass(eq=False)
@@ -116,6 +124,6 @@ def describe_value(value: Any) -> str:
     """A short phrase naming what a pickled value is, for messages (``an object of class x.Y``)."""
     if isinstance(value, StubObject):
         return f"an object of class {value.class_name}"
-    if isinstance(value, AllowedCall):
+    if isinstance(value, CallRecord):
         return f"the result of {value.func.dotted}"
     return f"a {type(value).__name__}"

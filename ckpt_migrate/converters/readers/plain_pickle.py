@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ckpt_migrate.errors import NotMyFormat
 from ckpt_migrate.io.source import Source
-from ckpt_migrate.unpickler import Interpreter, Policy
+from ckpt_migrate.unpickler.vm import Interpreter
 from ckpt_migrate.unpickler.static import looks_like_pickle
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 from ckpt_migrate.converters.readers.torch_legacy import looks_legacy, nested_loader
@@ -36,8 +36,9 @@ class PlainPickleReader(Reader):
             data,
             path=source.name,
             load_nested=nested_loader(source.name, options, depth=1),
-            policy=Policy(options.allow_calls, options.collect_only),
+            policy=options.policy(),
             limits=options.limits,
+            budget=options.budget,
             where="pickle",
         )
         result = interpreter.run()

@@ -15,9 +15,9 @@ from typing import Any, Callable
 from ckpt_migrate.model.checkpoint import ByteSource, StorageRef
 from ckpt_migrate.errors import CkptMigrateError, CorruptFileError, LimitExceededError, NotMyFormat, UnsupportedFormatError
 from ckpt_migrate.io.source import Source
-from ckpt_migrate.unpickler import Interpreter, Policy
-from ckpt_migrate.unpickler.allowlist import NestedResult
-from ckpt_migrate.unpickler.vm import merge_uses, refusal_error, settle
+from ckpt_migrate.unpickler.vm import Interpreter
+from ckpt_migrate.unpickler.context import NestedResult
+from ckpt_migrate.unpickler.verdicts import merge_uses, refusal_error, settle
 import ckpt_migrate.converters.readers.storages as _storages
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 
@@ -66,8 +66,9 @@ class LegacyParse:
             start=pos,
             persistent_load=persistent_load,
             load_nested=nested_loader(self.name, self.options, self.depth + 1),
-            policy=Policy(self.options.allow_calls, collect_only=True),
+            policy=self.options.policy(collect_only=True),
             limits=self.options.limits,
+            budget=self.options.budget,
             where=where,
         )
         try:
@@ -189,14 +190,14 @@ def nested_loader(name: str, options: ReadOptions, depth: int) -> Callable[[byte
     def load(payload: bytes) -> NestedResult:
         if depth > options.limits.max_nested_pickles:
             raise LimitExceededError(f"pickles nested more than {options.limits.max_nested_pickles} deep", path=name)
-        collect = ReadOptions(options.allow_calls, options.limits, collect_only=True)
+        collect = options.collecting()
         if payload[:4] == b"PK\x03\x04":
             from ckpt_migrate.converters.readers.torch_zip import read_nested_zip
 
             raw = read_nested_zip(payload, name, collect, depth)
             return NestedResult(raw.root, raw.globals)
         if not looks_legacy(payload[:32]):
-            interpreter = Interpreter(payload, path=name, policy=Policy(options.allow_calls, collect_only=True), limits=options.limits,
+            interpreter = Interpreter(payload, path=name, policy=options.policy(collect_only=True), limits=options.limits, budget=options.budget,
                                       load_nested=nested_loader(name, options, depth + 1), where="nested payload")
             result = interpreter.run()
             if result.refused:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 from ckpt_migrate.model.checkpoint import ByteSource, StorageRef
 from ckpt_migrate.errors import CorruptFileError, LimitExceededError, NotMyFormat
 from ckpt_migrate.io.source import Source
-from ckpt_migrate.unpickler import Interpreter, Policy
+from ckpt_migrate.unpickler.vm import Interpreter
 import ckpt_migrate.converters.readers.storages as _storages
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 
@@ -195,8 +195,9 @@ class TorchZipReader(Reader):
             path=path,
             persistent_load=persistent_load,
             load_nested=nested_loader(path, options, depth=depth + 1),
-            policy=Policy(options.allow_calls, options.collect_only),
+            policy=options.policy(),
             limits=options.limits,
+            budget=options.budget,
             where=f"{top}data.pkl" if depth == 0 else f"{top}data.pkl of a nested zip payload",
         )
         result = interpreter.run()
