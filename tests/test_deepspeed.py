@@ -224,3 +224,15 @@ def test_never_unpickles_nor_imports_deepspeed(tmp_path: Path) -> None:
         out = tmp_path / f"{case}.safetensors"
         subprocess.run([sys.executable, "-c", script, str(FIXTURES / case), str(out)], check=True, env=env, timeout=300)
         check_against_reference(case, load_file(str(out)), ordered=False)
+
+
+def test_migrate_takes_a_deepspeed_folder_as_one_source(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "zero3-fp32", src / "runs" / "ds3")
+    shutil.copytree(FIXTURES / "zero1-bf16", src / "ds1")
+    result = run_cli("migrate", str(src), str(tmp_path / "dst"), "--to", "safetensors")
+    assert result.returncode == 0, result.stderr
+    outputs = sorted(p.relative_to(tmp_path / "dst").as_posix() for p in (tmp_path / "dst").rglob("*.safetensors"))
+    assert outputs == ["ds1.safetensors", "runs/ds3.safetensors"]
+    check_against_reference("zero3-fp32", load_file(str(tmp_path / "dst" / "runs" / "ds3.safetensors")), ordered=False)
+    check_against_reference("zero1-bf16", load_file(str(tmp_path / "dst" / "ds1.safetensors")), ordered=False)
