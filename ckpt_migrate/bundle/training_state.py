@@ -234,6 +234,12 @@ def _match_by_view(key: TensorRef, order: list[Any]) -> int | None:
 
 
 def _normalize_optimizer_dict(value: dict, path: str, report: TrainingState) -> dict[str, Any]:
+    from ckpt_migrate.bundle.optimizer_names import keyed_by_id
+
+    by_id = keyed_by_id(value)
+    if by_id is not None:
+        value, report.optimizer_params = by_id
+        report.record_converted(f"{path}.state", "keyed by parameter name (get_state_dict layout) → ids")
     groups = plain_data(value.get("param_groups"), f"{path}.param_groups", report)
     int_ids = isinstance(groups, list) and all(
         isinstance(g, dict) and all(isinstance(p, int) and not isinstance(p, bool) for p in g.get("params", ()))

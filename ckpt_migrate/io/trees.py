@@ -11,6 +11,7 @@ import contextlib
 import os
 import posixpath
 import uuid
+from stat import S_ISREG
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
@@ -202,6 +203,9 @@ class Tree:
                     stat = os.stat(full)
                 except OSError as error:
                     found.append(Entry(rel, 0, 0.0, f"cannot be read: {error.strerror}"))
+                    continue
+                if not S_ISREG(stat.st_mode):
+                    found.append(Entry(rel, 0, 0.0, "not a regular file (a FIFO, device or socket; not read)"))
                     continue
                 found.append(Entry(rel, stat.st_size, stat.st_mtime))
         return found

@@ -1,0 +1,124 @@
+"""``migrate`` mirrors whole model folders: every other file carried over, verified, resumable, and safe with links.
+
+Non-checkpoint files are copied byte for byte and recorded in the manifest like conversions
+(resume, ``--force``, ``--dry-run``, the report); ``--checkpoints-only`` skips them. Links out of
+SRC are never followed, links inside it are reproduced as copies, FIFOs are skipped, and nothing
+is written through a symlink inside DST.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ckpt_migrate.batch import migrate
+from ckpt_migrate.batch.manifest import MANIFEST_NAME, parse
+from ckpt_migrate.cli import main_group
+
+sys.path.insert(0, str(Path(__file__).parent))
+import helpers_hf as hf  # noqa: E402
+
+
+def build(src: Path) -> dict[str, bytes]:
+    """A small model repository: a checkpoint, tokenizer files, a card, an image, a nested config."""
+    src.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(hf.Net().state_dict(), src / "weights.pt")
+    return hf.write_carried(src)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
+
+
+def test_every_file_is_carried_over_verified_and_recorded(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "out"
+    carried = build(src)
+    report = migrate(src, dst, to="safetensors")
+    assert report.exit_code == 0
+    out = files_of(dst)
+    assert set(out) == {*carried, "weights.safetensors"}
+    for name, data in carried.items():
+        assert out[name] == data, name
+    assert report.counts["copied"] == len(carried) and report.counts["converted"] == 1 and report.counts["skipped"] == 0
+    latest, bad = parse((dst / MANIFEST_NAME).read_text())
+    assert bad == 0 and latest["README.md"]["status"] == "done" and latest["README.md"]["output"] == "README.md"
+    assert latest["README.md"]["output_sha256"] == latest["README.md"]["sha256"]
+
+    again = migrate(src, dst, to="safetensors")
+    assert again.counts["up-to-date"] == len(carried) + 1 and again.counts["copied"] == 0
+    (src / "README.md").write_bytes(b"# changed card\n")
+    third = migrate(src, dst, to="safetensors")
+    assert [f.source for f in third.files if f.status == "copied"] == ["README.md"]
+    assert (dst / "README.md").read_bytes() == b"# changed card\n"
+    forced = migrate(src, dst, to="safetensors", force=True)
+    assert forced.counts["copied"] == len(carried) and forced.counts["converted"] == 1
+
+
+def test_dry_run_plans_copies_and_checkpoints_only_skips_them(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "out"
+    carried = build(src)
+    result = CliRunner().invoke(main_group, ["migrate", str(src), str(dst), "--to", "safetensors", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["source"]: row for row in json.loads(result.stdout)["files"]}
+    assert rows["README.md"]["action"] == "copy" and rows["README.md"]["destination"] == "README.md"
+    assert rows["weights.pt"]["action"] == "convert"
+    assert not dst.exists()
+    only = migrate(src, dst, to="safetensors", checkpoints_only=True)
+    assert set(files_of(dst)) == {"weights.safetensors"}
+    assert only.counts["skipped"] == len(carried)
+
+
+def test_links_fifos_and_symlinks_inside_dst(tmp_path: Path) -> None:
+    src, dst, outside = tmp_path / "src", tmp_path / "out", tmp_path / "outside"
+    build(src)
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"not yours")
+    os.symlink(outside / "secret.txt", src / "link_out.txt")
+    os.symlink("README.md", src / "link_in.md")
+    os.mkfifo(src / "pipe")
+    report = migrate(src, dst, to="safetensors")
+    by_source = {f.source: f for f in report.files}
+    assert by_source["link_out.txt"].status == "skipped" and "out of the source folder" in by_source["link_out.txt"].reason
+    assert by_source["pipe"].status == "skipped" and "not a regular file" in by_source["pipe"].reason
+    assert by_source["link_in.md"].status == "copied"
+    assert not (dst / "link_in.md").is_symlink() and (dst / "link_in.md").read_bytes() == (src / "README.md").read_bytes()
+    assert not (dst / "link_out.txt").exists() and not (dst / "pipe").exists()
+    assert report.exit_code == 0
+
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    dst2 = tmp_path / "out2"
+    dst2.mkdir()
+    os.symlink(trap, dst2 / "images")
+    second = migrate(src, dst2, to="safetensors")
+    failed = {f.source: f for f in second.files if f.status == "failed"}
+    assert "images/diagram.png" in failed and "symlink" in failed["images/diagram.png"].error
+    assert list(trap.iterdir()) == []
+    assert second.exit_code == 1
+
+
+def test_existing_file_not_ours_needs_force(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "out"
+    build(src)
+    dst.mkdir()
+    (dst / "README.md").write_bytes(b"mine")
+    report = migrate(src, dst, to="safetensors")
+    entry = next(f for f in report.files if f.source == "README.md")
+    assert entry.status == "failed" and "--force" in entry.error and (dst / "README.md").read_bytes() == b"mine"
+    assert migrate(src, dst, to="safetensors", force=True).exit_code == 0
+    assert (dst / "README.md").read_bytes() == (src / "README.md").read_bytes()
+
+
+@pytest.mark.parametrize("jobs", [2])
+def test_parallel_workers_copy_and_convert(tmp_path: Path, jobs: int) -> None:
+    src, dst = tmp_path / "src", tmp_path / "out"
+    carried = build(src)
+    report = migrate(src, dst, to="safetensors", jobs=jobs)
+    assert report.exit_code == 0 and report.counts["copied"] == len(carried)
