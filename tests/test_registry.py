@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.api import convert, load
-from ckpt_migrate.converters.writers.safetensors.writer import bytes_equal
+from ckpt_migrate.model.equality import same_tensor as bytes_equal
 from ckpt_migrate.errors import UnsupportedFormatError
 
 from conftest import run_cli
@@ -25,6 +25,21 @@ def reference_state() -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(11)
     return {"layer.weight": torch.randn(3, 4, generator=generator), "layer.bias": torch.randn(3, generator=generator),
             "steps": torch.tensor(7)}
+
+
+class _ScriptedReference(torch.nn.Module):
+    """A module whose ``state_dict()`` is :func:`reference_state`, for the TorchScript reader."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+        self.register_buffer("steps", state["steps"].clone())
+        with torch.no_grad():
+            self.layer.weight.copy_(state["layer.weight"])
+            self.layer.bias.copy_(state["layer.bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) + self.steps
 
 
 def write_source(reader: str, folder: Path) -> Path:
@@ -56,6 +71,9 @@ def write_source(reader: str, folder: Path) -> Path:
         torch.save(state, folder / "tmp.pth")
         path = folder / "src_dcp"
         convert(folder / "tmp.pth", path, to="dcp")
+    elif reader == "torchscript":
+        path = folder / "src.pt"
+        torch.jit.save(torch.jit.script(_ScriptedReference(state)), str(path))
     elif reader == "pickle":
         path = folder / "src.pkl"
         with open(path, "wb") as handle:

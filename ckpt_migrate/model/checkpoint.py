@@ -212,6 +212,7 @@ class Checkpoint:
     format: str = ""
     kind: str = ""
     globals: list[GlobalVerdict] = field(default_factory=list)
+    account: Any = None
 
     def materialize(self) -> "OrderedDict[str, Any]":
         """Return name → torch tensor, keeping tensors that share a storage sharing it."""

@@ -32,6 +32,7 @@ class PlainPickleReader(Reader):
 
     def read(self, source: Source, options: ReadOptions) -> RawRead:
         data = source.map()
+        refuse_joblib(data, source.name)
         interpreter = Interpreter(
             data,
             path=source.name,
@@ -44,3 +45,29 @@ class PlainPickleReader(Reader):
         result = interpreter.run()
         trailing = len(data) - interpreter.pos
         return RawRead(result.value, "pickle", result.globals, {"trailing_bytes": trailing} if trailing else {})
+
+
+JOBLIB_WRAPPERS = frozenset({"joblib.numpy_pickle.NumpyArrayWrapper", "joblib.numpy_pickle.NDArrayWrapper",
+                             "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper"})
+
+
+def refuse_joblib(data: bytes, path: str) -> None:
+    """Say clearly that a ``joblib.dump`` file is not a torch checkpoint (its arrays follow the pickle as raw bytes).
+
+    Only when the wrapper classes are the sole refused names the pickle mentions; anything else
+    goes on to the interpreter, which refuses gadgets as usual.
+
+    Raises:
+        UnsupportedFormatError: the pickle is a joblib dump.
+    """
+    from ckpt_migrate.errors import UnsupportedFormatError
+    from ckpt_migrate.unpickler.policy import classify
+    from ckpt_migrate.unpickler.static import walk
+
+    names = [g.dotted for g in walk(data[: 1 << 20] if len(data) > 1 << 20 else data).globals]
+    if not any(n in JOBLIB_WRAPPERS for n in names):
+        return
+    if any(classify(n)[0] == "refused" for n in names if n not in JOBLIB_WRAPPERS):
+        return
+    raise UnsupportedFormatError("a joblib pickle (joblib.dump: arrays stored after the pickle), not a torch checkpoint; "
+                                 "it holds no torch model weights (open it with joblib.load only if you trust it)", path=path)

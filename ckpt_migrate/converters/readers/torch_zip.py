@@ -162,7 +162,14 @@ class TorchZipReader(Reader):
         finally:
             archive.close()
 
-    def _read(self, archive: TorchZipArchive, options: ReadOptions, depth: int = 0) -> RawRead:
+    def _read(self, archive: TorchZipArchive, options: ReadOptions, depth: int = 0,
+              entry: str = "data.pkl", storage_folder: str = "data") -> RawRead:
+        """Interpret one pickle of the archive (``data.pkl``; TorchScript's ``constants.pkl`` too).
+
+        Raises:
+            UnsafeFileError: the pickle names a refused global (unless the options only collect verdicts).
+            CorruptFileError: the archive or its pickle is malformed.
+        """
         path = archive.source.name
         top = archive.top
         byteorder = "little"
@@ -181,13 +188,13 @@ class TorchZipReader(Reader):
             if key in storages:
                 return storages[key]
             dtype = _storages.storage_type(type_ref, path)
-            source = archive.entry_range(f"{top}data/{key}")
+            source = archive.entry_range(f"{top}{storage_folder}/{key}")
             storage = _storages.new_storage(key, dtype, numel, location, source, path)
             storage.byteorder = byteorder
             storages[key] = storage
             return storage
 
-        data = archive.read_entry(f"{top}data.pkl", options.limits.max_pickle_bytes)
+        data = archive.read_entry(f"{top}{entry}", options.limits.max_pickle_bytes)
         from ckpt_migrate.converters.readers.torch_legacy import nested_loader
 
         interpreter = Interpreter(
@@ -198,7 +205,7 @@ class TorchZipReader(Reader):
             policy=options.policy(),
             limits=options.limits,
             budget=options.budget,
-            where=f"{top}data.pkl" if depth == 0 else f"{top}data.pkl of a nested zip payload",
+            where=f"{top}{entry}" if depth == 0 else f"{top}{entry} of a nested zip payload",
         )
         result = interpreter.run()
         fmt = "torchscript" if archive.is_torchscript else "torch-zip"
