@@ -151,7 +151,8 @@ def render_summary(report: Any, console: Any) -> None:
     counts = report.counts
     sizes: dict[str, int] = {}
     for entry in report.files:
-        sizes[entry.status] = sizes.get(entry.status, 0) + entry.size
+        if entry.action != "member":
+            sizes[entry.status] = sizes.get(entry.status, 0) + entry.size
     for status in ("converted", "copied", "up-to-date", "skipped", "failed", "refused"):
         style = {"failed": "red", "refused": "bold red"}.get(status, "") if counts.get(status) else ""
         label = f"[{style}]{status}[/{style}]" if style else status
