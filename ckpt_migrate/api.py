@@ -24,7 +24,7 @@ from ckpt_migrate.unpickler.verdicts import UNSAFE, file_verdict, unknown_calls_
 
 
 def read_raw(src: str, *, allow_calls: Iterable[str] = (), limits: Limits = DEFAULT_LIMITS, collect_only: bool = False,
-             strict_calls: bool = False) -> tuple[RawRead, str]:
+             strict_calls: bool = False, weights: str = "master") -> tuple[RawRead, str]:
     """Sniff ``src`` and run its reader; return what it found and the reader's name.
 
     This is the one path every command takes to a file's verdicts (``raw.globals``): ``convert``
@@ -43,7 +43,7 @@ def read_raw(src: str, *, allow_calls: Iterable[str] = (), limits: Limits = DEFA
         size = source.size() if not os.path.isdir(source.name) else 0
     except (OSError, CkptMigrateError):
         size = 0
-    options = ReadOptions(frozenset(allow_calls), limits, collect_only, strict_calls, Budget(limits, size))
+    options = ReadOptions(frozenset(allow_calls), limits, collect_only, strict_calls, Budget(limits, size), weights=weights)
     try:
         raw = reader.read(source, options)
     except CkptMigrateError as error:
@@ -60,6 +60,7 @@ def load(
     limits: Limits = DEFAULT_LIMITS,
     hash_source: bool = True,
     strict_calls: bool = False,
+    weights: str = "master",
 ) -> Checkpoint:
     """Open any supported checkpoint without executing code from it.
 
@@ -73,7 +74,7 @@ def load(
         SelectionError: no weights, or an ambiguous bundle without ``select``.
     """
     path = os.fspath(src)
-    raw, reader_name = read_raw(path, allow_calls=allow_calls, limits=limits, strict_calls=strict_calls)
+    raw, reader_name = read_raw(path, allow_calls=allow_calls, limits=limits, strict_calls=strict_calls, weights=weights)
     try:
         found = extract_weights(raw, select=select, ema=ema)
     except CkptMigrateError as error:
@@ -211,7 +212,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOpti
         check_destination(dst, options.force)
     hash_source = options.source_hash and not getattr(writer, "hashes_source", False)
     checkpoint = load(src, select=options.select, ema=options.ema, allow_calls=options.allow_calls, hash_source=hash_source,
-                      strict_calls=options.strict_calls)
+                      strict_calls=options.strict_calls, weights=options.weights)
     checkpoint = prepare(checkpoint, options)
     check_nothing_lost(checkpoint, writer_name, src)
     try:
@@ -262,7 +263,7 @@ def _shard_set_to_folder(src: str, dst: str) -> bool:
 
 
 def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: str | None = None, ema: bool = False,
-            strict_calls: bool = False) -> dict[str, Any]:
+            strict_calls: bool = False, weights: str = "master") -> dict[str, Any]:
     """A JSON-able report: format, kind, tensors, extras, metadata and every global with its verdict.
 
     Refused globals do not stop the report (nothing is executed either way). ``verdict`` is the
@@ -274,7 +275,7 @@ def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: 
         CorruptFileError: the file is malformed.
     """
     path = os.fspath(src)
-    raw, reader_name = read_raw(path, allow_calls=allow_calls, collect_only=True, strict_calls=strict_calls)
+    raw, reader_name = read_raw(path, allow_calls=allow_calls, collect_only=True, strict_calls=strict_calls, weights=weights)
     globals_ = [u.to_json() for u in raw.globals.values()]
     verdict = file_verdict(raw.globals)
     report: dict[str, Any] = {"file": path, "format": raw.format, "reader": reader_name, "globals": globals_,

@@ -236,3 +236,19 @@ def test_migrate_takes_a_deepspeed_folder_as_one_source(tmp_path: Path) -> None:
     assert outputs == ["ds1.safetensors", "runs/ds3.safetensors"]
     check_against_reference("zero3-fp32", load_file(str(tmp_path / "dst" / "runs" / "ds3.safetensors")), ordered=False)
     check_against_reference("zero1-bf16", load_file(str(tmp_path / "dst" / "ds1.safetensors")), ordered=False)
+
+
+def test_cli_weights_module_and_inspect_say_so(tmp_path: Path) -> None:
+    out = tmp_path / "module.safetensors"
+    result = run_cli("convert", str(FIXTURES / "zero2-bf16"), str(out), "--weights", "module")
+    assert result.returncode == 0, result.stderr
+    _, ref = reference("zero2-bf16", "module")
+    got = load_file(str(out))
+    assert sorted(got) == sorted(ref) and all(same(got[k], ref[k]) for k in ref)
+    shown = run_cli("inspect", str(FIXTURES / "zero2-bf16"), "--weights", "module")
+    assert shown.returncode == 0, shown.stderr
+    assert "ZeRO-2, 2 ranks, step 3, bfloat16 training" in shown.stdout
+    assert "weights: module: the module's own weights" in shown.stdout
+    refused = run_cli("convert", str(FIXTURES / "zero3-bf16"), str(tmp_path / "z3.safetensors"), "--weights", "module")
+    assert refused.returncode == 1 and "placeholders" in refused.stderr
+    assert not (tmp_path / "z3.safetensors").exists()

@@ -29,16 +29,32 @@ def render_globals(out: Any, globals_: list[dict]) -> None:
     out.print(table)
 
 
+def render_deepspeed(out: Any, info: dict) -> None:
+    """The layout of a DeepSpeed ZeRO folder: stage, ranks, step, training dtype, where the weights come from, files."""
+    dtype = info.get("training_dtype")
+    out.print(f"  deepspeed: ZeRO-{info.get('zero_stage')}, {info.get('world_size')} ranks, step {escape(str(info.get('global_steps')))}, "
+              f"{escape(str(dtype))} training, {info.get('trainable_parameters')} trainable and {info.get('frozen_parameters')} frozen parameters "
+              f"({info.get('trainable_elements')} trainable elements)")
+    out.print(f"  weights: {escape(str(info.get('weights')))}")
+    files = info.get("files") or {}
+    out.print(f"  files: {escape(', '.join(files.get('model_states') or []))} (model states); "
+              f"{escape(', '.join(files.get('optim_states') or []))} (fp32 partitions)")
+    if info.get("kept_from_module"):
+        out.print(f"  kept from the module (DeepSpeed records no master copy): {escape(', '.join(info['kept_from_module']))}")
+
+
 @click.command("inspect")
 @click.argument("src")
 @click.option("--select", metavar="KEY", help="Inspect the weights under this key of a bundle.")
 @click.option("--ema", is_flag=True, help="Inspect the EMA weights.")
+@click.option("--weights", type=click.Choice(["master", "module"]), default="master", show_default=True,
+              help="DeepSpeed ZeRO folders: fp32 master weights, or the module's own weights (stages 1-2).")
 @click.option("--limit", default=40, show_default=True, help="Tensor rows to show (0: all).")
 @read_options
 @strict_calls_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
-def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tuple[str, ...], strict_calls: bool, as_json: bool) -> None:
+def command(src: str, select: str | None, ema: bool, weights: str, limit: int, allow_calls: tuple[str, ...], strict_calls: bool, as_json: bool) -> None:
     """Show what SRC holds, without executing anything from it.
 
     Exits 3 when the file is unsafe as ``scan`` says (a known gadget; with --strict-calls also an
@@ -49,7 +65,7 @@ def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tu
 
     from ckpt_migrate.api import inspect
 
-    report = inspect(src, allow_calls=allow_calls, select=select, ema=ema, strict_calls=strict_calls)
+    report = inspect(src, allow_calls=allow_calls, select=select, ema=ema, strict_calls=strict_calls, weights=weights)
     code = 3 if report["verdict"] == "unsafe" else 0
     if report.get("warning") and not code:
         from ckpt_migrate.reports.inert import inert_text
@@ -65,6 +81,9 @@ def command(src: str, select: str | None, ema: bool, limit: int, allow_calls: tu
         out.print(f"  weights from: {escape(', '.join(map(str, report['selected'])))}")
     if report.get("classes"):
         out.print(f"  classes: {escape(', '.join(report['classes'][:8]))}{' …' if len(report['classes']) > 8 else ''}")
+    deepspeed = (report.get("meta") or {}).get("deepspeed")
+    if isinstance(deepspeed, dict):
+        render_deepspeed(out, deepspeed)
     if report.get("error"):
         out.print(f"  [yellow]{escape(report['error'])}[/yellow]")
     tensors = report.get("tensors", [])

@@ -27,6 +27,7 @@ class ReadOptions:
     collect_only: bool = False
     strict_calls: bool = False
     budget: Budget | None = None
+    weights: str = "master"
 
     def policy(self, collect_only: bool | None = None) -> Policy:
         """The interpreter policy these options ask for (``collect_only`` overrides the options')."""

@@ -141,7 +141,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, step = [], 1
     for dim in reversed(shape):
         strides.append(step)
@@ -216,7 +216,7 @@ def _tensor(name: str, dtype: _dtypes.DType, shape: tuple[int, ...], pieces: lis
         storage = StorageRef(name, dtype, 0, "cpu", ByteSource(name, 0, 0, buffer=b""))
     else:
         storage = StorageRef(name, dtype, numel, "cpu", _joined(pieces, name))
-    return TensorRef(storage, dtype, shape, _contiguous(shape), 0)
+    return TensorRef(storage, dtype, shape, contiguous_strides(shape), 0)
 
 
 def _as_float32(ref: TensorRef) -> Any:
@@ -281,7 +281,12 @@ class DeepSpeedCheckpoint:
 
     def _read(self, reader: Any, name: str) -> Any:
         path = os.path.join(self.folder, name)
-        raw = reader.read(Source(path), self.options)
+        options = self.options
+        if getattr(options, "budget", None) is not None:
+            from ckpt_migrate.unpickler.budget import Budget
+
+            options = dataclasses.replace(options, budget=Budget(options.limits, os.path.getsize(path)))
+        raw = reader.read(Source(path), options)
         merge_uses(self.globals, raw.globals.values())
         if any(use.verdict == "refused" for use in raw.globals.values()):
             self.refused = True
@@ -332,7 +337,7 @@ class DeepSpeedCheckpoint:
                 if fragment.numel != _numel(shape):
                     raise CorruptFileError(f"frozen parameter {name!r}: fragment of {fragment.numel} elements for shape {list(shape)}",
                                            path=self.folder)
-                out[str(name)] = fragment if tuple(fragment.shape) == shape else fragment.with_view(shape, _contiguous(shape), fragment.offset)
+                out[str(name)] = fragment if tuple(fragment.shape) == shape else fragment.with_view(shape, contiguous_strides(shape), fragment.offset)
                 continue
             flat = _Flat([f.with_view((f.numel,), (1,), f.offset) if f.is_contiguous() else f for f in fragments],
                          f"frozen fragments of {name!r}", self.folder)
