@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ckpt_migrate.api import convert, load
-from ckpt_migrate.converters.writers.safetensors.writer import bytes_equal
+from ckpt_migrate.model.equality import same_tensor as bytes_equal
 from ckpt_migrate.errors import CkptMigrateError, SelectionError
 
 from conftest import CORPUS, check_corpus_present, corpus_mark, run_cli

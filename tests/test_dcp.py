@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.api import load
 from ckpt_migrate.cli import main_group
-from ckpt_migrate.converters.dcp import unflatten
+from ckpt_migrate.converters.readers.dcp import unflatten
 from ckpt_migrate.converters.writers.normalized import compare_structures
 
 

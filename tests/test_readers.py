@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import ckpt_migrate
 from ckpt_migrate.api import convert, load
-from ckpt_migrate.converters.writers.safetensors.writer import bytes_equal
+from ckpt_migrate.model.equality import same_tensor as bytes_equal
 
 from conftest import run_cli
 

@@ -71,6 +71,10 @@ def write_source(reader: str, folder: Path) -> Path:
         torch.save(state, folder / "tmp.pth")
         path = folder / "src_dcp"
         convert(folder / "tmp.pth", path, to="dcp")
+    elif reader == "deepspeed":
+        from tests.test_deepspeed import write_zero_folder
+
+        path = write_zero_folder(state, folder / "ds_ckpt")
     elif reader == "torchscript":
         path = folder / "src.pt"
         torch.jit.save(torch.jit.script(_ScriptedReference(state)), str(path))

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ckpt_migrate.model.layout import resolve_permutation
 import ckpt_migrate.model.dtypes as dtypes
 from ckpt_migrate.model.checkpoint import ByteSource, Checkpoint, DerivedTensor, StorageRef, TensorRef
 from ckpt_migrate.cli import main_group
@@ -74,7 +75,7 @@ def test_transpose_and_split_are_views_with_new_strides_and_offsets() -> None:
     base = torch.arange(60, dtype=torch.float32).reshape(3, 4, 5)
     ref = ref_of(base)
     ops = CheckpointTensorOps()
-    swapped = ops.transpose(ref, (0, 2))
+    swapped = ops.transpose(ref, resolve_permutation(3, (0, 2)))
     assert isinstance(swapped, TensorRef) and swapped.storage is ref.storage
     assert (swapped.shape, swapped.stride) == ((5, 4, 3), (1, 5, 20))
     assert torch.equal(swapped.materialize(), base.transpose(0, 2))
@@ -287,7 +288,7 @@ def test_schema_list_and_show() -> None:
     as_json = json.loads(cli("schema", "show", "strip-wrappers", "--json").stdout)
     assert as_json["id"] == "strip-wrappers" and as_json["rules"][0]["kind"] == "strip_prefix"
     missing = CliRunner().invoke(main_group, ["schema", "show", "strip-wrapper"])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2
     assert missing.stderr.startswith("ckpt-migrate: error: unknown schema 'strip-wrapper' (did you mean 'strip-wrappers'?)")
 
 

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ckpt_migrate.model.layout import resolve_permutation
 from ckpt_migrate.model.checkpoint import Checkpoint
 from ckpt_migrate.schemas import list_schemas, loads_schema
 from ckpt_migrate.reports.check import ShapeOnlyOps, check_report, suggest_schemas
@@ -118,7 +119,7 @@ def test_shape_only_ops_mirror_torch() -> None:
     ops, t = ShapeOnlyOps(), torch.zeros(2, 3, 4)
     assert ops.reshape((2, 3, 4), (6, 4)) == (6, 4)
     assert ops.transpose((2, 3, 4), (2, 0, 1)) == tuple(t.permute(2, 0, 1).shape)
-    assert ops.transpose((2, 3, 4), (0, 2)) == tuple(t.transpose(0, 2).shape)
+    assert ops.transpose((2, 3, 4), resolve_permutation(3, (0, 2))) == tuple(t.transpose(0, 2).shape)
     assert ops.split((2, 3, 4), -1, [1, 3]) == [tuple(p.shape) for p in torch.split(t, [1, 3], dim=-1)]
     assert ops.concat([(2, 3, 4), (2, 5, 4)], 1) == (2, 8, 4)
 

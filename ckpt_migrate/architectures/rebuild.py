@@ -7,7 +7,9 @@ imported only because the user named it. torch and torchvision are imported insi
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 import importlib
 import importlib.util
 import re
@@ -32,20 +34,29 @@ class ArchSpec:
     """A parsed ``--arch`` value.
 
     ``kind`` is ``"torchvision"`` (``name`` is the builder), ``"auto"``, or ``"user"`` (``module`` is a
-    dotted module or a ``.py`` file path, ``attr`` the class or factory inside it).
+    dotted module or a ``.py`` file path, ``attr`` the class or factory inside it). ``flag`` is the
+    option the user typed it in (``--arch`` or ``--target``), so messages name that one.
     """
 
     kind: str
     name: str
     module: str | None = None
     attr: str | None = None
+    flag: str = "--arch"
 
     def __str__(self) -> str:
         return self.name
 
 
-def parse_arch_spec(spec: str) -> ArchSpec:
+def parse_arch_spec(spec: str, flag: str = "--arch") -> ArchSpec:
     """Parse ``vgg16``, ``torchvision:vgg16``, ``auto``, ``package.module:Class`` or ``file.py:Class``.
+
+    Args:
+        spec: the text the user gave.
+        flag: the option it came from, for messages.
+
+    Returns:
+        The parsed spec.
 
     Raises:
         ArchitectureError: the text is none of these forms.
@@ -55,22 +66,22 @@ def parse_arch_spec(spec: str) -> ArchSpec:
     if not text:
         raise ArchitectureError(f"empty architecture spec; {expected}")
     if text == "auto":
-        return ArchSpec("auto", "auto")
+        return ArchSpec("auto", "auto", flag=flag)
     head, sep, tail = text.rpartition(":")
     if sep and head == "torchvision":
         if not _IDENT.match(tail):
             raise ArchitectureError(f"bad torchvision builder name {tail!r} in {text!r}; {expected}")
-        return ArchSpec("torchvision", tail)
+        return ArchSpec("torchvision", tail, flag=flag)
     if sep:
         is_file = head.endswith(".py")
         if not (is_file or _DOTTED.match(head)) or not _DOTTED.match(tail):
             raise ArchitectureError(f"cannot parse architecture spec {text!r}; {expected}")
-        return ArchSpec("user", text, head, tail)
+        return ArchSpec("user", text, head, tail, flag=flag)
     if _IDENT.match(text):
-        return ArchSpec("torchvision", text)
+        return ArchSpec("torchvision", text, flag=flag)
     if _DOTTED.match(text):
         module, _, attr = text.rpartition(".")
-        return ArchSpec("user", f"{module}:{attr}", module, attr)
+        return ArchSpec("user", f"{module}:{attr}", module, attr, flag=flag)
     raise ArchitectureError(f"cannot parse architecture spec {text!r}; {expected}")
 
 
@@ -142,28 +153,46 @@ def _import_user(spec: ArchSpec) -> Any:
         if module_name.endswith(".py"):
             path = Path(module_name).expanduser().resolve()
             if not path.is_file():
-                raise ArchitectureError(f"--arch {spec.name}: no such file {path}")
+                raise ArchitectureError(f"{spec.flag} {spec.name}: no such file {path}")
             unique = "ckpt_migrate_user_" + re.sub(r"\W", "_", path.stem)
             loader_spec = importlib.util.spec_from_file_location(unique, path)
             if loader_spec is None or loader_spec.loader is None:
-                raise ArchitectureError(f"--arch {spec.name}: cannot import {path}")
+                raise ArchitectureError(f"{spec.flag} {spec.name}: cannot import {path}")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[unique] = module
             loader_spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(module_name)
+            module = _import_like_python_m(module_name)
     except ArchitectureError:
         raise
     except Exception as error:
         raise ArchitectureError(
-            f"--arch {spec.name}: cannot import {module_name} ({type(error).__name__}: {error}); "
-            "make it importable (pip install -e, or PYTHONPATH) or name a .py file") from None
+            f"{spec.flag} {spec.name}: cannot import {module_name} ({type(error).__name__}: {error}); "
+            "run from the folder that holds it, make it importable (pip install -e, or PYTHONPATH), or name a .py file") from None
     target: Any = module
     for part in (spec.attr or "").split("."):
         if not hasattr(target, part):
-            raise ArchitectureError(f"--arch {spec.name}: {module_name} has no attribute {spec.attr!r}")
+            raise ArchitectureError(f"{spec.flag} {spec.name}: {module_name} has no attribute {spec.attr!r}")
         target = getattr(target, part)
     return target
+
+
+def _import_like_python_m(module_name: str) -> Any:
+    """Import ``module_name`` the way ``python -m`` finds it: the current folder first, then the usual path.
+
+    Naming the module is the user's explicit act of trust; the current folder is searched only for
+    this import and removed from ``sys.path`` afterwards.
+    """
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(cwd)
 
 
 def _build_user(spec: ArchSpec, kwargs: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
@@ -171,15 +200,15 @@ def _build_user(spec: ArchSpec, kwargs: dict[str, Any]) -> tuple[Any, str, dict[
 
     factory = _import_user(spec)
     if not callable(factory):
-        raise ArchitectureError(f"--arch {spec.name}: {spec.attr} is not a class or function")
+        raise ArchitectureError(f"{spec.flag} {spec.name}: {spec.attr} is not a class or function")
     try:
         model = factory(**kwargs)
     except Exception as error:
         raise ArchitectureError(
-            f"--arch {spec.name}: calling {spec.attr}(**{kwargs}) failed: {type(error).__name__}: {error}; "
+            f"{spec.flag} {spec.name}: calling {spec.attr}(**{kwargs}) failed: {type(error).__name__}: {error}; "
             "pass constructor arguments with --arch-kwargs JSON") from None
     if not isinstance(model, torch.nn.Module):
-        raise ArchitectureError(f"--arch {spec.name}: {spec.attr}(...) returned {type(model).__name__}, not a torch.nn.Module")
+        raise ArchitectureError(f"{spec.flag} {spec.name}: {spec.attr}(...) returned {type(model).__name__}, not a torch.nn.Module")
     return model, spec.name, kwargs
 
 

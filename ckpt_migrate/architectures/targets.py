@@ -13,10 +13,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from ckpt_migrate.converters.filenames import CHECKPOINT_SUFFIXES, is_dcp_folder
 from ckpt_migrate.errors import ArchitectureError, CkptMigrateError, UsageError
 
 Shape = tuple[int, ...]
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".bin", ".pkl", ".safetensors", ".onnx", ".distcp")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Target:
 
 def is_checkpoint_path(spec: str) -> bool:
     """True when ``spec`` names an existing file or DCP folder rather than an architecture."""
-    return os.path.isfile(spec) or os.path.isfile(os.path.join(spec, ".metadata"))
+    return os.path.isfile(spec) or is_dcp_folder(spec)
 
 
 def looks_like_path(spec: str) -> bool:
@@ -49,7 +49,7 @@ def looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
-def resolve_target(spec: str, *, arch_kwargs: Mapping[str, Any] | None = None, select: str | None = None,
+def resolve_target(spec: Any, *, arch_kwargs: Mapping[str, Any] | None = None, select: str | None = None,
                    allow_calls: Iterable[str] = ()) -> Target:
     """Return the keys and shapes ``spec`` stands for.
 
@@ -61,6 +61,8 @@ def resolve_target(spec: str, *, arch_kwargs: Mapping[str, Any] | None = None, s
         ArchitectureError: the architecture is unknown or cannot be built.
         CkptMigrateError: the checkpoint cannot be read (any subclass, naming the file).
     """
+    if not isinstance(spec, str):
+        return module_target(spec, dict(arch_kwargs or {}))
     if is_checkpoint_path(spec):
         if arch_kwargs:
             raise UsageError(f"--arch-kwargs applies to an architecture target, but {spec!r} is a checkpoint file")
@@ -70,6 +72,31 @@ def resolve_target(spec: str, *, arch_kwargs: Mapping[str, Any] | None = None, s
         shapes = OrderedDict((name, tuple(ref.shape)) for name, ref in checkpoint.tensors.items())
         return Target(spec, "checkpoint", shapes)
     return architecture_target(spec, dict(arch_kwargs or {}))
+
+
+def module_target(target: Any, arch_kwargs: dict[str, Any]) -> Target:
+    """The state_dict shapes of an ``nn.Module`` instance, or of an ``nn.Module`` class built on the meta device.
+
+    Raises:
+        TypeError: ``target`` is neither a module, a module class, nor a string.
+        ArchitectureError: the class cannot be built with ``arch_kwargs``.
+    """
+    import torch
+
+    if isinstance(target, type) and issubclass(target, torch.nn.Module):
+        label = f"{target.__module__}:{target.__qualname__}"
+        try:
+            with torch.device("meta"):
+                target = target(**arch_kwargs)
+        except Exception as error:
+            raise ArchitectureError(f"--target {label}: calling it with {arch_kwargs} failed: {type(error).__name__}: {error}") from None
+    elif isinstance(target, torch.nn.Module):
+        label = f"{type(target).__module__}:{type(target).__qualname__}"
+    else:
+        raise TypeError(f"target must be an nn.Module, an nn.Module class, an architecture spec or a checkpoint path, "
+                        f"not {type(target).__name__}")
+    shapes = OrderedDict((name, tuple(int(s) for s in value.shape)) for name, value in target.state_dict().items())
+    return Target(label, "architecture", shapes, dict(arch_kwargs))
 
 
 def architecture_target(spec: str, arch_kwargs: dict[str, Any]) -> Target:
@@ -87,7 +114,7 @@ def architecture_target(spec: str, arch_kwargs: dict[str, Any]) -> Target:
     if looks_like_path(spec):
         raise CkptMigrateError("no such checkpoint file; --target takes an existing checkpoint or an architecture "
                                "(vgg16, torchvision:resnet50, package.module:Class)", path=spec)
-    model, label, kwargs = _build_on_meta(build_model, parse_arch_spec(spec), arch_kwargs)
+    model, label, kwargs = _build_on_meta(build_model, parse_arch_spec(spec, flag="--target"), arch_kwargs)
     shapes = OrderedDict((name, tuple(int(s) for s in value.shape)) for name, value in model.state_dict().items())
     return Target(label, "architecture", shapes, dict(kwargs))
 

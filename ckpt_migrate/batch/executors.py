@@ -7,7 +7,10 @@ completion order. A file whose worker dies (segfault, OOM kill, lost Ray node) c
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import sys
+import types
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -48,6 +51,24 @@ class _Worker:
     task: dict[str, Any] | None = None
 
 
+@contextlib.contextmanager
+def _caller_main_hidden() -> Iterator[None]:
+    """Start workers without re-running the caller's script.
+
+    A spawned child normally re-imports the parent's ``__main__`` (by path or module name) before
+    it runs anything, so ``migrate(jobs=2)`` called from a script without an
+    ``if __name__ == "__main__":`` guard would run the script again in every worker. Workers run
+    only ckpt-migrate's own module-level functions, so the child is told of a bare ``__main__``.
+    """
+    real = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if real is not None:
+            sys.modules["__main__"] = real
+
+
 class LocalExecutor:
     """``jobs`` worker processes on this machine (spawned, so no state leaks between them).
 
@@ -71,7 +92,8 @@ class LocalExecutor:
     def _start(self) -> _Worker:
         parent, child = self.context.Pipe()
         process = self.context.Process(target=_serve, args=(child, self.function), daemon=True, name="ckpt-migrate-worker")
-        process.start()
+        with _caller_main_hidden():
+            process.start()
         child.close()
         return _Worker(process, parent)
 

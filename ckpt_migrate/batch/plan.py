@@ -28,13 +28,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import ckpt_migrate.batch.layout as layout
+from ckpt_migrate.converters.filenames import CHECKPOINT_SUFFIXES
 from ckpt_migrate.io.trees import Entry
 
 
 CONVERT, UP_TO_DATE, SKIP, EXISTS = "convert", "up-to-date", "skip", "exists"
-KNOWN_SUFFIXES = (".pth.tar", ".pt.tar", ".ckpt.tar", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".tar", ".bin",
-                  ".safetensors", ".torch", ".model", ".weights", ".onnx")
-
 COPY, REWRITE, MEMBER = "copy", "rewrite", "member"
 WORK = (CONVERT, COPY, REWRITE)
 
@@ -89,7 +87,7 @@ def natural_name(rel: str, suffix: str) -> str:
     """``rel`` with a known checkpoint suffix replaced by ``suffix`` (or ``suffix`` appended)."""
     folder, name = posixpath.split(rel)
     lowered = name.lower()
-    for known in KNOWN_SUFFIXES:
+    for known in CHECKPOINT_SUFFIXES:
         if lowered.endswith(known) and len(name) > len(known):
             name = name[: -len(known)]
             break
@@ -159,6 +157,8 @@ def build_plan(
     """
     entries = list(entries)
     roles = dict(roles or {})
+    reserved = set(reserved)
+    reserved_names = {name.casefold() for name in reserved}
     checkpoints = [e.rel for e in entries if e.skip_reason is None and sniffed[e.rel].checkpoint
                    and roles.get(e.rel, layout.Role(layout.CONVERT)).role == layout.CONVERT]
     destinations = assign_destinations(checkpoints, suffix, set(reserved) | layout.fixed_destinations(roles))
@@ -173,13 +173,16 @@ def build_plan(
         if role.role == layout.COPY and role.destination is None:
             plan.append(PlanItem(entry.rel, entry.size, entry.mtime, None, SKIP, reason=sniff.reason))
             continue
+        if role.destination and role.destination.casefold() in reserved_names:
+            plan.append(PlanItem(entry.rel, entry.size, entry.mtime, None, SKIP, reason="named like this tool's manifest or lock (not copied)"))
+            continue
         if role.role == layout.MEMBER:
             plan.append(PlanItem(entry.rel, entry.size, entry.mtime, sniff.reader or "?", MEMBER, group=role.group, role=role.role,
                                  reason=f"converted with {posixpath.basename(role.group or '')}"))
             continue
         action = {layout.COPY: COPY, layout.STATE: REWRITE}.get(role.role, CONVERT)
         destination = role.destination or destinations[entry.rel]
-        item = PlanItem(entry.rel, entry.size, entry.mtime, sniff.reader if sniff.checkpoint else None, action, destination,
+        item = PlanItem(entry.rel, entry.size, entry.mtime, (sniff.reader or "?") if sniff.checkpoint else None, action, destination,
                         reason=sniff.reason if sniff.checkpoint else None, role=role.role, outputs=list(role.outputs))
         if role.role == layout.HF_SHARDS:
             item.members = [rel for rel, other in roles.items() if other.role == layout.MEMBER and other.group == entry.rel]

@@ -13,16 +13,12 @@ from typing import Any
 
 from ckpt_migrate.model.checkpoint import TensorRef
 from ckpt_migrate.errors import LimitExceededError, SelectionError
+from ckpt_migrate.bundle.keys import EMA_KEYS, MODEL_KEYS, NON_MODEL_KEYS
 from ckpt_migrate.bundle.account import OTHER_SET, account, reason_for_key
 from ckpt_migrate.bundle.classify import arrays_as_tensors, classify
 from ckpt_migrate.model.scripted import ScriptedState
 from ckpt_migrate.unpickler.stubs import StubObject, describe_value
 
-MODEL_KEYS = ("model_state_dict", "state_dict", "model", "net", "network", "module")
-EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
-OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states", "optim", "optimizers")
-NON_MODEL_KEYS = OPTIMIZER_KEYS + ("scheduler", "scheduler_state_dict", "lr_scheduler", "lr_schedulers",
-                                   "scaler", "scaler_state_dict", "amp", "loops", "callbacks")
 MAX_DEPTH = 300
 MAX_NAMES = 1_000_000
 

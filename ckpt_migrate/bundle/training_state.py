@@ -17,6 +17,7 @@ import datetime
 import decimal
 import fractions
 import pathlib
+import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -25,17 +26,35 @@ from ckpt_migrate.model.checkpoint import TensorRef
 from ckpt_migrate.errors import LimitExceededError
 from ckpt_migrate.bundle.extract import is_module_stub, module_state_dict
 from ckpt_migrate.bundle.plain import scalar
+from ckpt_migrate.bundle.keys import OPTIMIZER_KEYS, SCALER_KEYS, SCHEDULER_KEYS
 from ckpt_migrate.unpickler import AllowedCall, Device, GlobalRef, RefusedCall, StubObject, TorchMarker
 
 NORMALIZED_FORMAT = "ckpt-migrate-normalized"
 NORMALIZED_VERSION = 1
 
-OPTIMIZER_SOURCES = ("optimizer_state_dict", "optimizer", "optim", "optimizer_states", "optimizers")
-SCHEDULER_SOURCES = ("scheduler_state_dict", "scheduler", "lr_scheduler", "lr_schedulers", "sched")
-SCALER_SOURCES = ("scaler_state_dict", "scaler", "grad_scaler", "amp_scaler")
 MAX_DEPTH = 200
 
 _PLAIN_SCALARS = (bool, int, float, str, bytes, complex, type(None))
+_SHARED = (dict, list, tuple, set, frozenset, argparse.Namespace, StubObject)
+_IN_PROGRESS = object()
+DEVICE_TYPES = frozenset({"cpu", "cuda", "mps", "xpu", "xla", "meta", "hip", "ve", "fpga", "maia", "ipu", "mtia",
+                          "lazy", "vulkan", "opengl", "opencl", "mkldnn", "ideep", "hpu", "privateuseone"})
+_DEVICE = re.compile(r"([a-z_]+)(?::(0|[1-9][0-9]{0,5}))?")
+
+
+def valid_device(spec: Any) -> bool:
+    """True when ``torch.device(spec)`` accepts ``spec``: a known device type and an optional small index.
+
+    Args:
+        spec: what the pickle gave ``torch.device`` (a string, or a string and an index).
+
+    Returns:
+        Whether the spec is a device torch can rebuild.
+    """
+    if not isinstance(spec, str):
+        return False
+    match = _DEVICE.fullmatch(spec)
+    return match is not None and match.group(1) in DEVICE_TYPES
 
 
 @dataclass
@@ -57,6 +76,7 @@ class TrainingState:
     sources: dict[str, str] = field(default_factory=dict)
     optimizer_params: list[str | None] | None = None
     previous_meta: dict[str, Any] | None = None
+    memo: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def record_unrepresentable(self, path: str, value: Any) -> None:
         self.unrepresentable[path] = type_name(value)
@@ -96,13 +116,13 @@ def split_training_state(extras: Mapping[str, Any], model_tensors: Mapping[str, 
         for key, value in (previous_extra.items() if isinstance(previous_extra, dict) else ()):
             remaining.setdefault(key, value)
     names = _identity_names(model_tensors or {})
-    if (key := _first(remaining, OPTIMIZER_SOURCES)) is not None:
+    if (key := _first(remaining, OPTIMIZER_KEYS)) is not None:
         state.optimizer = optimizer_state(remaining.pop(key), key, state, names)
         state.sources["optimizer_state_dict"] = key
-    if (key := _first(remaining, SCHEDULER_SOURCES)) is not None:
+    if (key := _first(remaining, SCHEDULER_KEYS)) is not None:
         state.scheduler = scheduler_state(remaining.pop(key), key, state)
         state.sources["scheduler_state_dict"] = key
-    if (key := _first(remaining, SCALER_SOURCES)) is not None:
+    if (key := _first(remaining, SCALER_KEYS)) is not None:
         state.scaler = scaler_state(remaining.pop(key), key, state)
         state.sources["scaler_state_dict"] = key
     if "epoch" in remaining:
@@ -344,12 +364,30 @@ def plain_data(value: Any, path: str, report: TrainingState, depth: int = 0) -> 
     """
     if depth > MAX_DEPTH:
         raise LimitExceededError(f"values nested more than {MAX_DEPTH} deep at {path}")
+    if not isinstance(value, _SHARED):
+        return _plain_value(value, path, report, depth)
+    known = report.memo.get(id(value))
+    if known is not None and known[0] is value:
+        if known[1] is _IN_PROGRESS:
+            report.unrepresentable[path] = f"{type_name(value)} holding itself"
+            return None
+        return known[1]
+    report.memo[id(value)] = (value, _IN_PROGRESS)
+    converted = _plain_value(value, path, report, depth)
+    report.memo[id(value)] = (value, converted)
+    return converted
+
+
+def _plain_value(value: Any, path: str, report: TrainingState, depth: int) -> Any:
     if type(value).__module__ == "numpy":
         return _plain_numpy(value, path, report)
     if isinstance(value, _PLAIN_SCALARS) or isinstance(value, TensorRef):
         return value
     if isinstance(value, bytearray):
         return bytes(value)
+    if isinstance(value, Device) and not valid_device(value.spec):
+        report.record_converted(path, f"torch.device({value.spec!r}), not a valid device → str")
+        return str(value.spec)
     if isinstance(value, Device) or (isinstance(value, TorchMarker) and _is_dtype_marker(value)):
         return value
     if isinstance(value, TorchMarker):

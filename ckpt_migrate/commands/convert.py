@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ckpt_migrate.options import DTYPE_CHOICES
 from ckpt_migrate.reports.units import human_size
 from ckpt_migrate.commands.common import console, convert_flags, convert_options_from, emit_json, handle_errors
 
@@ -26,12 +27,15 @@ def command(src: str, dst: str, as_json: bool, **params: Any) -> None:
 
     from ckpt_migrate.api import convert
 
-    result = convert(src, dst, convert_options_from(params))
+    options = convert_options_from(params)
+    result = convert(src, dst, options)
     if as_json:
         emit_json(result.to_json())
         return
     out = console()
     check = "verified bit-exact" if result.report.verified else "NOT verified (--no-verify)"
+    if result.report.verified and options.dtype in DTYPE_CHOICES and result.writer != "onnx":
+        check = f"cast to {DTYPE_CHOICES[options.dtype]}, verified bit-exact after the cast"
     if "max_abs_diff" in result.report.details:
         check = f"verified with onnxruntime, max abs diff {result.report.details['max_abs_diff']:.3g}"
     out.print(f"[green]✓[/green] {escape(src)} → {escape(', '.join(result.report.outputs))}")

@@ -8,6 +8,7 @@ torch); third parties add theirs through the entry-point groups ``ckpt_migrate.r
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -17,12 +18,12 @@ from ckpt_migrate.errors import CkptMigrateError, NotMyFormat, UnsupportedFormat
 BUILTIN_READERS: dict[str, str] = {
     "safetensors": "ckpt_migrate.converters.readers.safetensors_file:SafetensorsReader",
     "torch-bin-sharded": "ckpt_migrate.converters.readers.bin_shards:BinShardsReader",
-    "safetensors-sharded": "ckpt_migrate.converters.writers.safetensors.sharded:ShardedSafetensorsReader",
+    "safetensors-sharded": "ckpt_migrate.converters.readers.safetensors_sharded:ShardedSafetensorsReader",
     "torchscript": "ckpt_migrate.converters.readers.torchscript:TorchScriptReader",
     "torch-zip": "ckpt_migrate.converters.readers.torch_zip:TorchZipReader",
     "torch-legacy": "ckpt_migrate.converters.readers.torch_legacy:TorchLegacyReader",
     "torch-tar": "ckpt_migrate.converters.readers.torch_legacy:TorchTarReader",
-    "dcp": "ckpt_migrate.converters.dcp:DcpReader",
+    "dcp": "ckpt_migrate.converters.readers.dcp:DcpReader",
     "deepspeed": "ckpt_migrate.converters.readers.deepspeed:DeepSpeedReader",
     "pickle": "ckpt_migrate.converters.readers.plain_pickle:PlainPickleReader",
 }
@@ -30,7 +31,7 @@ BUILTIN_READERS: dict[str, str] = {
 BUILTIN_WRITERS: dict[str, str] = {
     "safetensors": "ckpt_migrate.converters.writers.safetensors.writer:SafetensorsWriter",
     "normalized": "ckpt_migrate.converters.writers.normalized:NormalizedWriter",
-    "dcp": "ckpt_migrate.converters.dcp:DcpWriter",
+    "dcp": "ckpt_migrate.converters.writers.dcp:DcpWriter",
     "onnx": "ckpt_migrate.converters.writers.onnx_export:OnnxWriter",
 }
 
@@ -148,6 +149,8 @@ def sniff(source: Any) -> Any:
     """
     import ckpt_migrate.converters.foreign as foreign
 
+    if source.is_local and not os.path.lexists(source.local_path):
+        raise CkptMigrateError("no such file or folder", path=source.name)
     head = source.head(4096)
     for name in READERS.names():
         reader = READERS.get(name)
@@ -156,4 +159,8 @@ def sniff(source: Any) -> Any:
         except NotMyFormat:
             continue
         return reader
+    if source.is_local and os.path.isdir(source.local_path):
+        raise UnsupportedFormatError("is a folder, not a checkpoint: no reader recognises it (a DCP checkpoint holds .metadata, "
+                                     "a sharded one an index file, a DeepSpeed one a 'latest' file); "
+                                     "to convert every checkpoint in it, use `ckpt-migrate migrate`", path=source.name)
     raise UnsupportedFormatError(f"{foreign.describe(head)} (tried readers: {', '.join(READERS.names())})", path=source.name)

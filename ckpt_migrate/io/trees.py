@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from ckpt_migrate.io.atomic import TEMP_MARKER, is_temp
 from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError
+from ckpt_migrate.converters.filenames import is_dcp_listing
 from ckpt_migrate.io.hashing import folder_sha256, stream_sha256
 
 CHUNK = 1 << 22
@@ -44,14 +45,8 @@ class Entry:
     folder: bool = False
 
 
-DCP_METADATA = ".metadata"
 VCS_FOLDERS = frozenset({".git", ".hg", ".svn"})
 TEMP_REASON = "a temporary file of an interrupted ckpt-migrate run"
-
-
-def is_dcp_listing(files: list[str]) -> bool:
-    """True for a folder listing of a ``torch.distributed.checkpoint`` (``.metadata`` + ``*.distcp``)."""
-    return DCP_METADATA in files and any(name.endswith(".distcp") for name in files)
 
 
 def is_deepspeed_listing(folder: str, files: list[str], dirs: list[str]) -> bool:

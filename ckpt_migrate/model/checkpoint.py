@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import ckpt_migrate.model.dtypes as _dtypes
 from ckpt_migrate.errors import CorruptFileError
+from ckpt_migrate.model.layout import is_row_major
 from ckpt_migrate.unpickler.verdicts import GlobalVerdict
 
 
@@ -177,12 +178,7 @@ class TensorRef:
 
     def is_contiguous(self) -> bool:
         """True when the elements lie in row-major order with no gaps."""
-        expected = 1
-        for size, step in reversed(list(zip(self.shape, self.stride))):
-            if size != 1 and step != expected:
-                return False
-            expected *= size
-        return True
+        return is_row_major(self.shape, self.stride)
 
     def byte_range(self) -> tuple[int, int] | None:
         """Start and length, within the storage, of a contiguous tensor's bytes; ``None`` for a strided view."""
@@ -229,6 +225,8 @@ class DerivedTensor:
     """A tensor computed from references (a dtype cast, a concatenation): known shape and dtype, built on demand.
 
     ``build`` receives the torch tensors of ``inputs`` (in order) and returns the result.
+    ``is_cast`` marks an element-wise dtype conversion of its single input (writers that stream
+    may convert the bytes themselves); ``description`` is for people only.
     """
 
     dtype: _dtypes.DType
@@ -237,6 +235,7 @@ class DerivedTensor:
     build: Callable[..., Any]
     description: str = ""
     quantization: dict[str, Any] | None = None
+    is_cast: bool = False
 
     @property
     def numel(self) -> int:

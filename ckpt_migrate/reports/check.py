@@ -5,6 +5,7 @@ Plain data built from key → shape mappings; no torch is imported.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -109,14 +110,29 @@ class WarmStartCheck:
                 **self.report.to_json()}
 
 
-def check(src: str, target: str, *, schemas: Sequence[str] = (), arch_kwargs: Mapping[str, Any] | None = None,
+def check(src: str | Any, target: Any, *, schemas: Sequence[str] = (), arch_kwargs: Mapping[str, Any] | None = None,
           select: str | None = None, allow_calls: Sequence[str] = (), strict: bool = False) -> WarmStartCheck:
-    """How the weights of checkpoint ``src`` would load into ``target`` (an architecture SPEC or a checkpoint file).
+    """How the weights of checkpoint ``src`` would load into ``target``.
 
     ``schemas`` rename ``src``'s keys first (rule warnings are collected, not raised). Nothing is
     executed from either file; an architecture is built on the meta device.
 
+    Args:
+        src: the checkpoint file (or folder) whose weights would be loaded.
+        target: an ``nn.Module`` instance, an ``nn.Module`` class (built with ``arch_kwargs`` on
+            the meta device), an architecture SPEC (``vgg16``, ``package.module:Class``), or a
+            checkpoint path whose keys are the reference.
+        schemas: schema IDs or files applied to ``src``'s keys first.
+        arch_kwargs: keyword arguments for an architecture target.
+        select: which bundle entry of ``src`` holds the weights.
+        allow_calls: calls accepted as inert records while reading.
+        strict: anything off (not only "nothing matched") makes ``failed`` true.
+
+    Returns:
+        A :class:`WarmStartCheck`; ``failed`` says whether the CLI exits 1.
+
     Raises:
+        TypeError: ``target`` is none of the accepted kinds.
         CkptMigrateError: ``src`` or a target checkpoint cannot be read, a schema is malformed or
             collides keys, or the architecture cannot be built (any subclass; exit code on the class).
     """
@@ -128,7 +144,8 @@ def check(src: str, target: str, *, schemas: Sequence[str] = (), arch_kwargs: Ma
         from ckpt_migrate.transforms.schemas import apply_to_checkpoint
 
         checkpoint = apply_to_checkpoint(checkpoint, schemas)
-    resolved = resolve_target(target, arch_kwargs=arch_kwargs, allow_calls=allow_calls)
+    resolved = resolve_target(os.fspath(target) if isinstance(target, os.PathLike) else target,
+                              arch_kwargs=arch_kwargs, allow_calls=allow_calls)
     shapes = {k: tuple(ref.shape) for k, ref in checkpoint.tensors.items()}
     report = check_report(shapes, resolved.shapes)
     suggestions: list[str] = []
@@ -152,14 +169,8 @@ class ShapeOnlyOps:
         return tuple(shape)
 
     def transpose(self, t: Shape, dims: Sequence[int]) -> Shape:
-        """The permuted shape (a full permutation, or two dims to swap)."""
-        perm = list(range(len(t)))
-        if len(dims) == len(t):
-            perm = [d % len(t) for d in dims]
-        else:
-            a, b = (d % len(t) for d in dims)
-            perm[a], perm[b] = perm[b], perm[a]
-        return tuple(t[d] for d in perm)
+        """The shape permuted by ``dims``, a full permutation."""
+        return tuple(t[int(d)] for d in dims)
 
     def split(self, t: Shape, dim: int, sizes: list[int]) -> list[Shape]:
         """One shape per part."""

@@ -18,6 +18,7 @@ from typing import Any, Callable, Generic, Mapping, NamedTuple, Protocol, Sequen
 import regex
 
 from ckpt_migrate.errors import SchemaError
+from ckpt_migrate.model.layout import resolve_permutation
 from ckpt_migrate.schemas.patterns import BoundedPattern, PatternTimeout
 
 T = TypeVar("T")
@@ -340,8 +341,9 @@ def _normalize_dim(dim: int, ndim: int, key: str, ctx: _Context) -> int:
 
 
 def _permutation(key: str, ndim: int, dims: Sequence[int], ctx: _Context) -> tuple[int, ...]:
-    for dim in dims:
-        _normalize_dim(dim, ndim, key, ctx)
+    if len(dims) in (2, ndim):
+        for dim in dims:
+            _normalize_dim(dim, ndim, key, ctx)
     perm = resolve_permutation(ndim, dims)
     if perm is None:
         raise ctx.error(
@@ -488,19 +490,14 @@ class ListTensorOps:
         return ListTensor(t.data, tuple(shape))
 
     def transpose(self, t: ListTensor, dims: tuple[int, ...]) -> ListTensor:
-        """Permute the dimensions of ``t`` (a full permutation, or two dims to swap).
+        """Permute the dimensions of ``t`` by ``dims``, a full permutation (:func:`_permutation` resolves swaps).
 
         Raises:
-            ValueError: ``dims`` is neither.
+            ValueError: ``dims`` is not a permutation of ``t``'s dims.
         """
         ndim = len(t.shape)
-        if len(dims) == ndim and sorted(d % ndim for d in dims) == list(range(ndim)):
-            perm = [d % ndim for d in dims]
-        elif len(dims) == 2:
-            perm = list(range(ndim))
-            a, b = (d % ndim for d in dims)
-            perm[a], perm[b] = perm[b], perm[a]
-        else:
+        perm = [int(d) for d in dims]
+        if sorted(perm) != list(range(ndim)):
             raise ValueError(f"dims {list(dims)} do not permute shape {list(t.shape)}")
         strides = [math.prod(t.shape[i + 1:]) for i in range(ndim)]
         new_shape = tuple(t.shape[d] for d in perm)

@@ -9,7 +9,7 @@ from typing import Any
 import ckpt_migrate.model.dtypes as _dtypes
 from ckpt_migrate.model.checkpoint import Checkpoint, DerivedTensor
 from ckpt_migrate.errors import UsageError
-from ckpt_migrate.bundle.extract import OPTIMIZER_KEYS
+from ckpt_migrate.bundle.keys import TRAINING_STATE_KEYS
 
 DTYPE_CHOICES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -26,7 +26,8 @@ def cast_floating(checkpoint: Checkpoint, choice: str) -> Checkpoint:
     out: "OrderedDict[str, Any]" = OrderedDict()
     for name, ref in checkpoint.tensors.items():
         if ref.dtype.is_floating and ref.dtype != target:
-            out[name] = DerivedTensor(target, tuple(ref.shape), (ref,), _caster(target.name), f"cast to {target.name}")
+            out[name] = DerivedTensor(target, tuple(ref.shape), (ref,), _caster(target.name), f"cast to {target.name}",
+                                      is_cast=True)
         else:
             out[name] = ref
     return replace(checkpoint, tensors=out)
@@ -43,7 +44,6 @@ def _caster(dtype_name: str) -> Any:
 
 def strip_optimizer(checkpoint: Checkpoint) -> Checkpoint:
     """Drop optimizer, scheduler and scaler state from the extras (for inference artifacts)."""
-    dropped = ("scheduler", "scheduler_state_dict", "lr_scheduler", "lr_schedulers", "scaler", "scaler_state_dict")
-    extras = {k: v for k, v in checkpoint.extras.items() if k not in OPTIMIZER_KEYS and k not in dropped}
+    extras = {k: v for k, v in checkpoint.extras.items() if k not in TRAINING_STATE_KEYS}
     meta = dict(checkpoint.meta, stripped=sorted(set(checkpoint.extras) - set(extras)))
     return replace(checkpoint, extras=extras, meta=meta)

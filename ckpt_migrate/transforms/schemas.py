@@ -15,19 +15,11 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from ckpt_migrate.model.checkpoint import Checkpoint, DerivedTensor, TensorRef
+from ckpt_migrate.model.layout import contiguous_strides
 from ckpt_migrate.errors import CkptMigrateError, SchemaError
 from ckpt_migrate.schemas import Schema, apply_schemas, resolve_schemas
 
 Tensor = TensorRef | DerivedTensor
-
-
-def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    """Row-major element strides of ``shape``."""
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(int(size), 1)
-    return tuple(reversed(strides))
 
 
 def _refuse_per_channel(t: Tensor, operation: str) -> None:
@@ -95,12 +87,14 @@ class CheckpointTensorOps:
         return _derived(t.dtype, shape, (t,), _reshaper(shape), f"reshape to {list(shape)}", t.quantization)
 
     def transpose(self, t: Tensor, dims: tuple[int, ...]) -> Tensor:
-        """Permute the dimensions of ``t`` (a full permutation, or two dims to swap).
+        """Permute the dimensions of ``t`` by ``dims``, a full permutation (the engine resolves swaps).
 
         Raises:
-            SchemaError: ``dims`` is neither, or ``t`` is per-channel quantized.
+            SchemaError: ``dims`` is not a permutation of ``t``'s dims, or ``t`` is per-channel quantized.
         """
-        perm = _permutation(len(t.shape), dims)
+        perm = tuple(int(d) for d in dims)
+        if sorted(perm) != list(range(len(t.shape))):
+            raise SchemaError(f"dims {list(dims)} do not permute a tensor of {len(t.shape)} dimension(s)")
         if perm == tuple(range(len(t.shape))):
             return t
         _refuse_per_channel(t, "transpose")
@@ -149,17 +143,6 @@ class CheckpointTensorOps:
         total = sum(t.shape[dim] for t in ts)
         shape = first.shape[:dim] + (total,) + first.shape[dim + 1:]
         return _derived(first.dtype, shape, tuple(ts), _concatenator(dim), f"concat {len(ts)} tensors on dim {dim}", None)
-
-
-def _permutation(ndim: int, dims: Sequence[int]) -> tuple[int, ...]:
-    if len(dims) == ndim and ndim and sorted(d % ndim for d in dims) == list(range(ndim)):
-        return tuple(d % ndim for d in dims)
-    if len(dims) == 2 and ndim:
-        perm = list(range(ndim))
-        a, b = (d % ndim for d in dims)
-        perm[a], perm[b] = perm[b], perm[a]
-        return tuple(perm)
-    raise SchemaError(f"dims {list(dims)} do not permute a tensor of {ndim} dimension(s)")
 
 
 def apply_to_checkpoint(checkpoint: Checkpoint, schema_ids: Sequence[str | Schema], strict: bool = False) -> Checkpoint:

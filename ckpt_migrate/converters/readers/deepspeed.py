@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 import ckpt_migrate.model.dtypes as _dtypes
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
+from ckpt_migrate.model.layout import contiguous_strides
 from ckpt_migrate.errors import CorruptFileError, NotMyFormat, SelectionError, UnsupportedFormatError
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.model.checkpoint import ByteSource, DerivedTensor, PiecedSource, StorageRef, TensorRef
@@ -139,14 +140,6 @@ def _shape(value: Any, where: str, path: str) -> tuple[int, ...]:
 
 def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
-
-
-def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for dim in reversed(shape):
-        strides.append(step)
-        step *= max(dim, 1)
-    return tuple(reversed(strides))
 
 
 class _Flat:

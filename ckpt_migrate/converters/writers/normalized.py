@@ -22,11 +22,12 @@ from ckpt_migrate.errors import UnsupportedFormatError, VerificationError
 from ckpt_migrate.bundle.plain import to_plain
 from ckpt_migrate.bundle.training_state import NORMALIZED_FORMAT, NORMALIZED_VERSION, TrainingState, split_training_state
 from ckpt_migrate.unpickler import Device, TorchMarker
+from ckpt_migrate.model.equality import same_tensor
 from ckpt_migrate.model.provenance import source_label
+from ckpt_migrate.bundle.keys import WRAPPER_PREFIXES
 from ckpt_migrate.converters.base import WriteReport, Writer
 from ckpt_migrate.options import ConvertOptions
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_forward_module.")
 _PROVENANCE = ("source", "source_sha256", "reader", "format", "kind", "selected", "classes", "tool", "schemas", "stripped", "warnings")
 
 
@@ -94,8 +95,10 @@ def normalized_meta(checkpoint: Checkpoint, state: TrainingState, stripped: list
     return meta
 
 
-def tensorize(value: Any) -> Any:
+def tensorize(value: Any, _memo: dict[int, tuple[Any, Any]] | None = None) -> Any:
     """Replace lazy leaves with torch objects: tensor references, arrays, devices and dtypes.
+
+    A container shared by several parents is converted once and stays shared.
 
     Raises:
         UnsupportedFormatError: a quantization scheme this writer cannot rebuild.
@@ -110,22 +113,26 @@ def tensorize(value: Any) -> Any:
         return torch.device(value.spec)
     if isinstance(value, TorchMarker):
         return getattr(torch, value.name.rsplit(".", 1)[-1])
-    if isinstance(value, dict):
-        out = OrderedDict() if isinstance(value, OrderedDict) else {}
-        for key, item in value.items():
-            out[key] = tensorize(item)
-        return out
-    if isinstance(value, list):
-        return [tensorize(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(tensorize(v) for v in value)
-    if isinstance(value, set):
-        return value
-    if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
-        import numpy
+    if not isinstance(value, (dict, list, tuple)):
+        if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+            import numpy
 
-        return torch.from_numpy(numpy.array(value, copy=True))
-    return value
+            return torch.from_numpy(numpy.array(value, copy=True))
+        return value
+    memo = {} if _memo is None else _memo
+    known = memo.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    if isinstance(value, dict):
+        out: Any = OrderedDict() if isinstance(value, OrderedDict) else {}
+        for key, item in value.items():
+            out[key] = tensorize(item, memo)
+    elif isinstance(value, list):
+        out = [tensorize(v, memo) for v in value]
+    else:
+        out = tuple(tensorize(v, memo) for v in value)
+    memo[id(value)] = (value, out)
+    return out
 
 
 def _quantized(ref: TensorRef) -> Any:
@@ -153,50 +160,39 @@ def materialize_payload(payload: dict[str, Any], checkpoint: Checkpoint) -> dict
     else:
         model = OrderedDict((name, tensorize(ref)) for name, ref in payload["model_state_dict"].items())
     out["model_state_dict"] = model
+    memo: dict[int, tuple[Any, Any]] = {}
     for key, value in payload.items():
         if key != "model_state_dict":
-            out[key] = tensorize(value)
+            out[key] = tensorize(value, memo)
     return out
 
 
-def walk_tensors(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """Every tensor in a nested structure with its dotted path."""
+def walk_tensors(value: Any, path: str = "", _seen: set[int] | None = None) -> Iterator[tuple[str, Any]]:
+    """Every tensor in a nested structure with its dotted path; a shared container is walked once."""
     import torch
 
     if isinstance(value, torch.Tensor):
         yield path, value
-    elif isinstance(value, dict):
+        return
+    if not isinstance(value, (dict, list, tuple)):
+        return
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, dict):
         for key, item in value.items():
-            yield from walk_tensors(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, (list, tuple)):
+            yield from walk_tensors(item, f"{path}.{key}" if path else str(key), seen)
+    else:
         for index, item in enumerate(value):
-            yield from walk_tensors(item, f"{path}.{index}" if path else str(index))
+            yield from walk_tensors(item, f"{path}.{index}" if path else str(index), seen)
 
 
-def same_tensor(a: Any, b: Any) -> bool:
-    """True when two tensors have the same dtype, shape, quantization and bytes (NaNs compare by bit pattern)."""
-    import torch
+def compare_structures(expected: Any, actual: Any, path: str = "", _same: set[tuple[int, int]] | None = None) -> str | None:
+    """Where two nested structures first differ (keys, types, values, tensor bits), or ``None`` when equal.
 
-    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape) or a.is_quantized != b.is_quantized:
-        return False
-    if a.is_quantized:
-        if a.qscheme() != b.qscheme():
-            return False
-        if a.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-            if a.q_scale() != b.q_scale() or a.q_zero_point() != b.q_zero_point():
-                return False
-        elif not (torch.equal(a.q_per_channel_scales(), b.q_per_channel_scales())
-                  and torch.equal(a.q_per_channel_zero_points(), b.q_per_channel_zero_points())
-                  and a.q_per_channel_axis() == b.q_per_channel_axis()):
-            return False
-        a, b = a.int_repr(), b.int_repr()
-    if a.numel() == 0:
-        return True
-    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
-
-
-def compare_structures(expected: Any, actual: Any, path: str = "") -> str | None:
-    """Where two nested structures first differ (keys, types, values, tensor bits), or ``None`` when equal."""
+    A pair of containers already found equal (shared objects on both sides) is not compared again.
+    """
     import torch
 
     where = path or "top level"
@@ -204,26 +200,38 @@ def compare_structures(expected: Any, actual: Any, path: str = "") -> str | None
         if not (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)) or not same_tensor(expected, actual):
             return f"tensor {where} differs"
         return None
-    if isinstance(expected, Mapping):
-        if not isinstance(actual, Mapping) or list(expected.keys()) != list(actual.keys()):
-            return f"keys of {where} differ"
-        for key in expected:
-            problem = compare_structures(expected[key], actual[key], f"{path}.{key}" if path else str(key))
-            if problem:
-                return problem
-        return None
-    if isinstance(expected, (list, tuple)):
-        if type(expected) is not type(actual) or len(expected) != len(actual):
-            return f"{where} differs in type or length"
-        for index, (a, b) in enumerate(zip(expected, actual)):
-            problem = compare_structures(a, b, f"{path}.{index}" if path else str(index))
-            if problem:
-                return problem
-        return None
+    if isinstance(expected, (Mapping, list, tuple)):
+        same = set() if _same is None else _same
+        pair = (id(expected), id(actual))
+        if pair in same:
+            return None
+        problem = _compare_containers(expected, actual, path, same)
+        if problem is None:
+            same.add(pair)
+        return problem
     if isinstance(expected, float) and isinstance(actual, float) and math.isnan(expected) and math.isnan(actual):
         return None
     if type(expected) is not type(actual) or expected != actual:
         return f"value {where} differs ({expected!r:.40} vs {actual!r:.40})"
+    return None
+
+
+def _compare_containers(expected: Any, actual: Any, path: str, same: set[tuple[int, int]]) -> str | None:
+    where = path or "top level"
+    if isinstance(expected, Mapping):
+        if not isinstance(actual, Mapping) or list(expected.keys()) != list(actual.keys()):
+            return f"keys of {where} differ"
+        for key in expected:
+            problem = compare_structures(expected[key], actual[key], f"{path}.{key}" if path else str(key), same)
+            if problem:
+                return problem
+        return None
+    if type(expected) is not type(actual) or len(expected) != len(actual):
+        return f"{where} differs in type or length"
+    for index, (a, b) in enumerate(zip(expected, actual)):
+        problem = compare_structures(a, b, f"{path}.{index}" if path else str(index), same)
+        if problem:
+            return problem
     return None
 
 

@@ -436,7 +436,9 @@ class _Output:
             try:
                 if self.failure is None and position is not None:
                     _pread_into(self.fd, memoryview(check)[:count], position, self.path)
-                    if memoryview(check)[:count] != memoryview(buffer)[:count]:
+                    if count < len(buffer):
+                        memoryview(check)[count:] = memoryview(buffer)[count:]
+                    if check != buffer:
                         self.failure = VerificationError(f"tensor {name!r} read back from the output differs from the source", path=self.label)
             except BaseException as error:  # noqa: BLE001 - handed to the writing thread
                 self.failure = error

@@ -1,38 +1,33 @@
-"""torch.distributed.checkpoint (DCP) folders: ``.metadata`` plus ``__<rank>_<n>.distcp`` files.
+"""Reader of torch.distributed.checkpoint (DCP) folders: ``.metadata`` plus ``__<rank>_<n>.distcp`` files.
 
 Reading does not use torch's ``FileSystemReader``: it calls ``pickle.load`` on ``.metadata`` and
 ``torch.load(weights_only=False)`` on every non-tensor item. We parse ``.metadata`` with our own
 interpreter (its dataclasses become inert stubs) and open every item, tensor or not, as the
 ``torch.save`` zip it is, through the same interpreter, at its byte range inside the ``.distcp`` file.
 Nothing from the folder is trusted or executed; only file names inside the folder are opened.
-
-Writing uses ``torch.distributed.checkpoint.save`` with a ``FileSystemWriter`` and no process
-group; the folder holds the normalized layout (``model_state_dict``, ``optimizer_state_dict``, …)
-and is read back with the reader above and compared bit for bit before it is renamed into place.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import ckpt_migrate.model.dtypes as _dtypes
-from ckpt_migrate.io.atomic import atomic_path
-from ckpt_migrate.model.checkpoint import ByteSource, Checkpoint, StorageRef, TensorRef
-from ckpt_migrate.errors import CorruptFileError, MissingDependencyError, NotMyFormat, UnsupportedFormatError, VerificationError
+from ckpt_migrate.converters.filenames import DCP_METADATA
+from ckpt_migrate.model.layout import contiguous_strides
+from ckpt_migrate.model.checkpoint import ByteSource, StorageRef, TensorRef
+from ckpt_migrate.errors import CorruptFileError, NotMyFormat, UnsupportedFormatError
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.unpickler.stubs import StubObject, TorchMarker
 from ckpt_migrate.unpickler.verdicts import GlobalVerdict, merge_uses
 from ckpt_migrate.unpickler.vm import Interpreter
-from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader, WriteReport, Writer
-from ckpt_migrate.options import ConvertOptions
+from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 from ckpt_migrate.converters.readers.torch_zip import ZIP_MAGIC, TorchZipArchive, TorchZipReader
 
-METADATA_NAME = ".metadata"
+METADATA_NAME = DCP_METADATA
 
 
 def dcp_folder(source: Source) -> str | None:
@@ -120,6 +115,22 @@ class _Item:
     transforms: tuple
 
 
+class _ItemRefused(Exception):
+    """An item's pickle names a refused global while verdicts are only collected: stop, the verdict is made."""
+
+
+def _fqn(value: Any, what: str, path: str) -> str:
+    if not isinstance(value, str):
+        raise CorruptFileError(f"{what} in .metadata has a fully qualified name of type {type(value).__name__}, not a string", path=path)
+    return value
+
+
+def _ints(value: Any, what: str, path: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise CorruptFileError(f"{what} in .metadata is {type(value).__name__}, not a list of integers", path=path)
+    return tuple(value)
+
+
 class DcpFolder:
     """A parsed DCP folder: the metadata's globals and every item as lazy tensors or inert values."""
 
@@ -163,9 +174,10 @@ class DcpFolder:
         for key, info in table.items():
             if not (isinstance(key, StubObject) and isinstance(info, StubObject)):
                 raise CorruptFileError("storage_data in .metadata holds something other than index/storage records", path=self.name)
-            fqn = key.attributes.get("fqn")
+            fqn = _fqn(key.attributes.get("fqn"), "a storage record", self.name)
             offset = key.attributes.get("offset")
-            index[(fqn, tuple(offset) if offset is not None else None)] = self._item(fqn, info.attributes)
+            offset = _ints(offset, f"the offset of item {fqn!r}", self.name) if offset is not None else None
+            index[(fqn, offset)] = self._item(fqn, info.attributes)
         return index
 
     def _item(self, fqn: Any, info: dict) -> _Item:
@@ -186,6 +198,8 @@ class DcpFolder:
     def planner_paths(self) -> dict[str, tuple]:
         """fqn → the original nested path (``planner_data``), for every item."""
         entries = self.metadata.attributes["state_dict_metadata"]
+        for fqn in entries:
+            _fqn(fqn, "an entry of state_dict_metadata", self.name)
         planner = self.metadata.attributes.get("planner_data")
         planner = planner if isinstance(planner, dict) else {}
         order = [k for k in planner if k in entries] + [k for k in entries if k not in planner]
@@ -239,6 +253,8 @@ class DcpFolder:
         finally:
             archive.close()
         self._merge(raw.globals)
+        if any(use.verdict == "refused" for use in raw.globals.values()):
+            raise _ItemRefused(fqn)
         return raw.root
 
     def _is_zip(self, item: _Item) -> bool:
@@ -262,9 +278,11 @@ class DcpFolder:
         size = tuple(size)
         chunks = []
         for chunk in attrs.get("chunks") or ():
-            offsets = tuple(chunk.attributes.get("offsets") or ()) if isinstance(chunk, StubObject) else None
-            sizes = tuple(chunk.attributes.get("sizes") or ()) if isinstance(chunk, StubObject) else None
-            if offsets is None or len(offsets) != len(size) or len(sizes) != len(size) or any(
+            if not isinstance(chunk, StubObject):
+                raise CorruptFileError(f"tensor {fqn!r} has a chunk record of type {type(chunk).__name__}", path=self.name)
+            offsets = _ints(chunk.attributes.get("offsets") or (), f"a chunk offset of {fqn!r}", self.name)
+            sizes = _ints(chunk.attributes.get("sizes") or (), f"a chunk size of {fqn!r}", self.name)
+            if len(offsets) != len(size) or len(sizes) != len(size) or any(
                     o < 0 or s < 0 or o + s > d for o, s, d in zip(offsets, sizes, size)):
                 raise CorruptFileError(f"tensor {fqn!r} has a chunk outside its size {list(size)}", path=self.name)
             chunks.append((offsets, sizes, self._chunk(fqn, offsets, sizes, dtype)))
@@ -283,7 +301,7 @@ class DcpFolder:
             return chunks[0][2]
         if not chunks:
             storage = StorageRef(fqn, dtype, 0, "cpu", ByteSource(self.name, 0, 0, buffer=b""))
-            return TensorRef(storage, dtype, size, _contiguous(size), 0)
+            return TensorRef(storage, dtype, size, contiguous_strides(size), 0)
         return _assembled(fqn, dtype, size, chunks)
 
     def _chunk(self, fqn: str, offsets: tuple, sizes: tuple, dtype: _dtypes.DType) -> TensorRef:
@@ -297,7 +315,7 @@ class DcpFolder:
             if numel * dtype.itemsize != item.length:
                 raise CorruptFileError(f"raw chunk of {fqn!r} holds {item.length} bytes, expected {numel * dtype.itemsize}", path=self.name)
             storage = StorageRef(fqn, dtype, numel, "cpu", ByteSource(item.path, item.offset, item.length))
-            value = TensorRef(storage, dtype, sizes, _contiguous(sizes), 0)
+            value = TensorRef(storage, dtype, sizes, contiguous_strides(sizes), 0)
         if not isinstance(value, TensorRef) or value.shape != tuple(sizes) or value.dtype != dtype:
             raise CorruptFileError(f"chunk of {fqn!r} does not hold a {dtype.name} tensor of shape {list(sizes)}", path=self.name)
         return value
@@ -309,14 +327,6 @@ def _properties_dtype(properties: Any) -> _dtypes.DType | None:
     state = properties.state
     marker = state[0] if isinstance(state, tuple) and state else properties.attributes.get("dtype")
     return _dtypes.from_torch_name(marker.name) if isinstance(marker, TorchMarker) else None
-
-
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for dim in reversed(shape):
-        strides.append(step)
-        step *= max(dim, 1)
-    return tuple(reversed(strides))
 
 
 def _assembled(fqn: str, dtype: _dtypes.DType, size: tuple[int, ...], chunks: list[tuple[tuple, tuple, TensorRef]]) -> TensorRef:
@@ -333,7 +343,7 @@ def _assembled(fqn: str, dtype: _dtypes.DType, size: tuple[int, ...], chunks: li
     data = out.tobytes()
     numel = len(data) // dtype.itemsize
     storage = StorageRef(fqn, dtype, numel, "cpu", ByteSource(fqn, 0, len(data), buffer=data), chunks[0][2].byteorder)
-    return TensorRef(storage, dtype, size, _contiguous(size), 0)
+    return TensorRef(storage, dtype, size, contiguous_strides(size), 0)
 
 
 def unflatten(flat: "OrderedDict[str, Any]", paths: dict[str, tuple]) -> dict[str, Any]:
@@ -386,78 +396,13 @@ class DcpReader(Reader):
         parsed = DcpFolder(folder, options)
         if parsed.refused:
             return RawRead({}, "dcp", parsed.globals, {"dcp_folder": folder})
-        root = unflatten(parsed.flat(), parsed.planner_paths())
+        try:
+            flat = parsed.flat()
+        except _ItemRefused:
+            return RawRead({}, "dcp", parsed.globals, {"dcp_folder": folder})
+        root = unflatten(flat, parsed.planner_paths())
         files = sorted({os.path.basename(item.path) for item in parsed.storage.values()})
         version = parsed.metadata.attributes.get("version")
         return RawRead(root, "dcp", parsed.globals, {"dcp_folder": folder, "dcp_files": files, "dcp_version": version})
 
 
-def _contiguous_copies(value: Any) -> Any:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.detach().contiguous().clone()
-    if isinstance(value, dict):
-        return type(value)((k, _contiguous_copies(v)) for k, v in value.items()) if isinstance(value, OrderedDict) else {k: _contiguous_copies(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_contiguous_copies(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_contiguous_copies(v) for v in value)
-    return value
-
-
-def verify_dcp(folder: str, expected: dict[str, Any], source: str) -> None:
-    """Read ``folder`` back with :class:`DcpReader` and compare every item with ``expected`` (tensors bit for bit).
-
-    Raises:
-        VerificationError: an item is missing, extra, or differs.
-    """
-    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
-
-    from ckpt_migrate.converters.writers.normalized import compare_structures, tensorize
-
-    want, _ = flatten_state_dict(expected)
-    got = DcpFolder(folder, ReadOptions()).flat()
-    if set(want) != set(got):
-        missing = sorted(set(want) - set(got))[:5]
-        extra = sorted(set(got) - set(want))[:5]
-        raise VerificationError(f"DCP folder read back with different items (missing {missing}, extra {extra})", path=source)
-    for fqn, value in want.items():
-        problem = compare_structures(value, tensorize(got[fqn]), fqn)
-        if problem:
-            raise VerificationError(f"read back from the DCP folder: {problem}", path=source)
-
-
-class DcpWriter(Writer):
-    """A torch.distributed.checkpoint folder holding the normalized layout (model and training state)."""
-
-    name = "dcp"
-    description = "torch.distributed.checkpoint folder: model and training state"
-    suffixes = ()
-    requires = ("torch",)
-
-    def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:
-        try:
-            import torch.distributed.checkpoint as dcp
-        except ImportError as error:
-            raise MissingDependencyError(f"torch.distributed.checkpoint is not available in this torch build: {error}") from None
-        from ckpt_migrate.converters.writers.normalized import build_payload, materialize_payload, walk_tensors
-
-        from ckpt_migrate.bundle.optimizer_names import name_payload_optimizer
-
-        payload, state = build_payload(checkpoint)
-        payload, optimizer_note = name_payload_optimizer(payload, state.optimizer_params)
-        data = _contiguous_copies(materialize_payload(payload, checkpoint))
-        if any(t.is_quantized for _, t in walk_tensors(data)):
-            raise UnsupportedFormatError("DCP cannot store quantized tensors; use --to normalized or --to safetensors")
-        source = checkpoint.meta.get("source", dst)
-        with atomic_path(dst, options.force) as tmp:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-                dcp.save(data, storage_writer=dcp.FileSystemWriter(tmp), no_dist=True)
-            if options.verify:
-                verify_dcp(tmp, data, source)
-        files = sorted(os.listdir(dst))
-        size = sum(os.path.getsize(os.path.join(dst, name)) for name in files)
-        details = {"files": files, "keys": list(data), **({"optimizer": optimizer_note} if optimizer_note else {})}
-        return WriteReport([dst], len(list(walk_tensors(data))), size, options.verify, details)
