@@ -252,3 +252,38 @@ def test_cli_weights_module_and_inspect_say_so(tmp_path: Path) -> None:
     refused = run_cli("convert", str(FIXTURES / "zero3-bf16"), str(tmp_path / "z3.safetensors"), "--weights", "module")
     assert refused.returncode == 1 and "placeholders" in refused.stderr
     assert not (tmp_path / "z3.safetensors").exists()
+
+
+def write_zero_folder(state: dict[str, torch.Tensor], folder: Path, ranks: int = 2, buffers: tuple[str, ...] = ("steps",)) -> Path:
+    """A ZeRO-2 checkpoint folder in DeepSpeed's layout, written by hand (plain dicts; no DeepSpeed needed).
+
+    Parameters (every non-buffer of ``state``, in order) are one flat fp32 vector padded to a multiple of
+    ``2 * ranks`` and split evenly across ``ranks`` optimizer files, as DeepSpeed's ZeRO-2 saves them.
+    """
+    params = [k for k in state if k not in buffers]
+    flat = torch.cat([state[k].reshape(-1).float() for k in params])
+    padded = 2 * ranks * -(-flat.numel() // (2 * ranks))
+    flat = torch.cat([flat, torch.zeros(padded - flat.numel())])
+    tag = folder / "global_step7"
+    tag.mkdir(parents=True)
+    (folder / "latest").write_text("global_step7")
+    torch.save({"module": dict(state), "buffer_names": list(buffers), "param_shapes": [{k: state[k].shape for k in params}],
+                "frozen_param_shapes": None, "shared_params": {}, "frozen_param_fragments": None, "ds_version": "0.19.8",
+                "global_steps": 7}, tag / "mp_rank_00_model_states.pt")
+    for rank, part in enumerate(flat.chunk(ranks)):
+        torch.save({"optimizer_state_dict": {"zero_stage": 2, "partition_count": [ranks],
+                                             "single_partition_of_fp32_groups": [part.clone()]}},
+                   tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    return folder
+
+
+def test_any_world_size_hand_written_layout(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(3)
+    state = {"a.weight": torch.randn(5, 7, generator=generator), "a.bias": torch.randn(5, generator=generator),
+             "b.weight": torch.randn(11, generator=generator), "steps": torch.tensor(9)}
+    folder = write_zero_folder(state, tmp_path / "ckpt", ranks=3)
+    got = consolidate(str(folder))
+    assert list(got) == ["steps", "a.weight", "a.bias", "b.weight"]
+    for name, tensor in state.items():
+        assert same(got[name].materialize(), tensor), name
+    assert len(got["a.bias"].storage.source.pieces) == 2
