@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from ckpt_migrate.batch.plan import assign_destinations, natural_name
 sys.path.insert(0, str(Path(__file__).parent))
 import helpers_migrate_crash  # noqa: E402
 import helpers_migrate_tree as trees  # noqa: E402
+from conftest import ROOT  # noqa: E402
 
 CONVERTED = 11
 
@@ -77,7 +77,7 @@ def test_tree_converts_bit_exact_with_report_and_exit_3(tree: tuple[Path, Path, 
 
     report = json.loads(report_path.read_text())
     assert report["exit_code"] == 3
-    assert report["counts"] == {"converted": CONVERTED, "up-to-date": 0, "skipped": 4, "failed": 1, "refused": 2}
+    assert report["counts"] == {"converted": CONVERTED, "copied": 0, "up-to-date": 0, "skipped": 4, "failed": 1, "refused": 2}
     by_source = {entry["source"]: entry for entry in report["files"]}
     assert {s for s, e in by_source.items() if e["status"] == "skipped"} == trees.SKIPPED
     assert {s for s, e in by_source.items() if e["status"] == "failed"} == trees.FAILED
@@ -187,19 +187,24 @@ def test_sigkill_midway_then_rerun_completes(tmp_path: Path) -> None:
         torch.save(state, folder / f"ckpt{index:02d}.pt")
         expected[f"group{index % 3}/ckpt{index:02d}.safetensors"] = state
     command = [sys.executable, "-m", "ckpt_migrate", "migrate", str(src), str(dst), "--to", "safetensors"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    killer = (
+        "import os, signal, sys\n"
+        "from ckpt_migrate.batch import migrate\n"
+        "from ckpt_migrate.batch.progress import Silent\n"
+        "class KillAfterTwo(Silent):\n"
+        "    count = 0\n"
+        "    def advance(self, result, size):\n"
+        "        self.count += 1\n"
+        "        if self.count == 2:\n"
+        "            os.killpg(os.getpid(), signal.SIGKILL)\n"
+        f"migrate({str(src)!r}, {str(dst)!r}, to='safetensors', jobs=2, progress=KillAfterTwo())\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", killer], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert process.wait(timeout=300) == -signal.SIGKILL
     manifest = dst / MANIFEST_NAME
-    deadline = time.monotonic() + 120
-    done_at_kill = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        if manifest.exists():
-            done_at_kill = manifest.read_text().count('"status": "done"')
-            if done_at_kill >= 2:
-                break
-        time.sleep(0.002)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 2 <= done_at_kill < 24, "the run must be killed in the middle"
+    done_at_kill = manifest.read_text().count('"status": "done"')
+    assert 2 <= done_at_kill < 24, "the run is killed by its own progress callback after its second result"
     with manifest.open("a") as handle:
         handle.write('{"source": "group0/ckpt00.pt", "status": "do')
     (dst / "group1").mkdir(exist_ok=True)
@@ -310,7 +315,7 @@ def test_memory_urls_run_in_process_and_names_never_climb_out() -> None:
     loaded = load_safetensors(fs.cat_file(f"{root}/dst/m/net.safetensors"))
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items()) and set(loaded) == set(model.state_dict())
     assert not [p for p in fs.find("/") if "escape" in p and not p.startswith(f"{root}/src")]
-    assert migrate(f"memory://{root}/src", f"memory://{root}/dst", to="safetensors").counts["up-to-date"] == 1
+    assert migrate(f"memory://{root}/src", f"memory://{root}/dst", to="safetensors").counts["up-to-date"] == 2
 
 
 def test_vcs_folders_are_not_walked_and_stale_temporaries_in_src_are_skipped(tmp_path: Path) -> None:

@@ -271,7 +271,7 @@ def test_existing_output_needs_force(fixture_dir: Path, tmp_path: Path) -> None:
 def test_failed_verification_leaves_nothing_general_path(fixture_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ckpt_migrate.converters.writers.safetensors.writer as safetensors_writer
 
-    monkeypatch.setattr(safetensors_writer, "bytes_equal", lambda a, b: False)
+    monkeypatch.setattr(safetensors_writer, "same_tensor", lambda a, b: False)
     dst = tmp_path / "out.safetensors"
     with pytest.raises(ckpt_migrate.errors.VerificationError):
         convert(fixture_dir / "models" / "lenet_state_dict.pth", dst, stream=False)
