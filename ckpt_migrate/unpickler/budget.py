@@ -36,7 +36,7 @@ class Budget:
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, input_bytes: int = 0) -> None:
         self.limits = limits
-        self.max_ops = limits.max_opcodes
+        self.max_ops = limits.max_opcodes + limits.opcodes_per_input_byte * max(input_bytes, 0)
         self.max_alloc = limits.max_alloc_total + limits.alloc_per_input_byte * max(input_bytes, 0)
         self.ops = 0
         self.allocated = 0

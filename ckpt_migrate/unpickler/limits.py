@@ -14,8 +14,10 @@ class Limits:
     checkpoints of hundreds of thousands of tensors (tensor bytes are byte ranges of the file, not
     allocations) and still stop a hostile file long before it exhausts memory, time or the C stack:
 
-    - ``max_opcodes``: opcodes executed in the whole file, plus elements copied or hashed by
-      constructors (``set``, ``tuple``, dict keys...).
+    - ``max_opcodes`` + ``opcodes_per_input_byte`` x the input's size: opcodes executed in the
+      whole file, plus elements copied or hashed by constructors (``set``, ``tuple``, dict keys...).
+      A pickle has at most one opcode per byte, so only amplification (nested payloads opened
+      many times, memoised containers copied or hashed again and again) reaches the limit.
     - ``max_alloc_total`` + ``alloc_per_input_byte`` x the input's size: bytes the file's pickles
       may allocate in all (strings and bytes read, byte strings built, numpy arrays rebuilt,
       nested payloads copied, decompressed pickles).
@@ -31,7 +33,8 @@ class Limits:
     - ``max_numeric_keys``: numeric keys whose hashes are tracked for collisions.
     """
 
-    max_opcodes: int = 50_000_000
+    max_opcodes: int = 10_000_000
+    opcodes_per_input_byte: int = 4
     max_memo: int = 5_000_000
     max_stack: int = 5_000_000
     max_marks: int = 10_000

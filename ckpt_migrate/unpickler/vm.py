@@ -129,7 +129,7 @@ class Interpreter:
         from ckpt_migrate.unpickler.static import walk
 
         try:
-            walked = walk(self.data, self.start, max_opcodes=self.limits.max_opcodes)
+            walked = walk(self.data, self.start, max_opcodes=self.budget.max_ops)
         except Exception:  # noqa: BLE001 - the walk only adds detail to an error already being raised
             return
         for ref in walked.globals:
