@@ -122,3 +122,14 @@ def test_parallel_workers_copy_and_convert(tmp_path: Path, jobs: int) -> None:
     carried = build(src)
     report = migrate(src, dst, to="safetensors", jobs=jobs)
     assert report.exit_code == 0 and report.counts["copied"] == len(carried)
+
+
+def test_a_source_file_named_like_the_manifest_is_not_copied_over_it(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "out"
+    build(src)
+    (src / MANIFEST_NAME).write_text('{"source": "weights.pt", "status": "done"}\n')
+    report = migrate(src, dst, to="safetensors")
+    entry = next(f for f in report.files if f.source == MANIFEST_NAME)
+    assert entry.status == "skipped" and "manifest" in entry.reason
+    latest, _ = parse((dst / MANIFEST_NAME).read_text())
+    assert latest["weights.pt"]["output"] == "weights.safetensors"
