@@ -1,15 +1,18 @@
 """DeepSpeed ZeRO checkpoint folders, consolidated without DeepSpeed and without unpickling.
 
-A folder written by ``engine.save_checkpoint(DIR)`` holds ``latest`` (the tag) and ``<tag>/``
-with the model states (``mp_rank_00_model_states.pt``; ZeRO-3: one ``zero_pp_rank_R_…`` per
-rank) and one ``…_optim_states.pt`` per rank whose flat fp32 partitions hold the master weights.
-Every file goes through the torch-zip reader (our interpreter: DeepSpeed's classes become stubs,
-its enums inert records). Parameters are laid out as DeepSpeed's ``zero_to_fp32`` lays them out
-(``param_shapes`` per group, alignment paddings, ZeRO-3's per-parameter padding to the world
-size), but nothing is read: each parameter becomes a reference to its byte ranges in the
-partition files, stitched in order (:class:`PiecedSource`), so writing streams one range at a
-time. Output matches ``get_fp32_state_dict_from_zero_checkpoint``: buffers (floating ones as
-float32), frozen parameters, trainable parameters, then tied names, in that order.
+A folder written by ``engine.save_checkpoint(DIR)`` holds ``latest`` (the tag) and ``<tag>/`` with
+the model states (``mp_rank_00_model_states.pt``; ZeRO-3: one ``zero_pp_rank_R_…`` per rank) and one
+``…_optim_states.pt`` per rank whose flat fp32 partitions hold the master weights. Every file goes
+through the torch-zip reader (our interpreter: DeepSpeed's classes become stubs, its enums inert
+records, on the interpreter's curated list). Parameters are laid out as DeepSpeed's ``zero_to_fp32``
+lays them out (``param_shapes`` per group, alignment paddings, ZeRO-3's per-parameter padding to the
+world size), but nothing is read: each parameter becomes a reference to its byte ranges in the
+partition files, stitched in order (:class:`PiecedSource`), so writing streams one range at a time.
+Output matches ``get_fp32_state_dict_from_zero_checkpoint``: buffers (floating ones as float32),
+frozen parameters, trainable parameters, then tied names, in that order.
+One deliberate difference: ZeRO-1 records no frozen parameters (``frozen_param_shapes`` is None), so
+DeepSpeed's tool drops them; here they are kept, with the module's own values, and named in
+``meta["deepspeed"]["kept_from_module"]``.
 """
 
 from __future__ import annotations
@@ -33,12 +36,6 @@ from ckpt_migrate.unpickler.verdicts import GlobalVerdict, merge_uses
 LATEST = "latest"
 MODEL_STATES = "_model_states.pt"
 OPTIM_STATES = "_optim_states.pt"
-DEEPSPEED_RECORDS = frozenset({
-    "deepspeed.runtime.zero.config.ZeroStageEnum",
-    "deepspeed.runtime.zero.offload_config.OffloadDeviceEnum",
-    "deepspeed.runtime.zero.offload_config.OffloadStateTypeEnum",
-})
-"""DeepSpeed enums its pickles call; kept as inert records (never executed) by this reader."""
 WEIGHTS = ("master", "module")
 MAX_TAG_BYTES = 4096
 
@@ -237,7 +234,7 @@ class DeepSpeedCheckpoint:
         self.globals: dict[str, GlobalVerdict] = {}
         self.refused = False
         self.recovered: list[str] = []
-        self.options = dataclasses.replace(options, allow_calls=frozenset(options.allow_calls) | DEEPSPEED_RECORDS)
+        self.options = options
         self.model_files, self.optim_files = _state_files(folder)
         if not self.model_files:
             raise CorruptFileError("no *_model_states.pt file in the DeepSpeed checkpoint folder", path=folder)
