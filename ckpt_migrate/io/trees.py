@@ -73,27 +73,21 @@ def _timestamp(value: Any) -> float:
 class Tree:
     """A folder tree at ``url``: walk it, stat, hash, read and write files by relative path.
 
+    ``Tree(url)`` gives a :class:`LocalTree` for a plain path or ``file://`` URL and a
+    :class:`RemoteTree` (fsspec) for anything else; the two implement the same methods.
+
     Raises:
         MissingDependencyError: the URL's protocol needs a package that is not installed (s3fs…).
     """
 
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/") or url
-        self.local = is_local_url(url)
-        if self.local:
-            path = url[len("file://"):] if url.startswith("file://") else url
-            self.root = os.path.abspath(os.path.expanduser(path))
-            self.fs: Any = None
-            return
-        import fsspec
+    local: bool = False
+    root: str
+    url: str
 
-        try:
-            self.fs, root = fsspec.core.url_to_fs(url)
-        except ImportError as error:
-            package = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(url.split("://")[0], "")
-            hint = "pip install ckpt-migrate[s3]" if package == "s3fs" else f"pip install {package or 'the fsspec implementation for this protocol'}"
-            raise MissingDependencyError(f"cannot open {url}: {error}; {hint}") from None
-        self.root = root.rstrip("/")
+    def __new__(cls, url: str = "") -> "Tree":
+        if cls is Tree:
+            cls = LocalTree if is_local_url(url) else RemoteTree
+        return super().__new__(cls)
 
     def __repr__(self) -> str:
         return f"Tree({self.url!r})"
@@ -101,43 +95,7 @@ class Tree:
     @property
     def in_process_only(self) -> bool:
         """True when other processes cannot see this tree (fsspec's ``memory://``)."""
-        return not self.local and self.url.startswith("memory://")
-
-    def path(self, rel: str) -> str:
-        """The path of ``rel`` as this tree's file system names it."""
-        if not rel:
-            return self.root
-        if self.local:
-            return os.path.join(self.root, *rel.split("/"))
-        return f"{self.root}/{rel}"
-
-    def url_of(self, rel: str) -> str:
-        """A URL (or local path) that :class:`~ckpt_migrate.io.source.Source` and fsspec can open."""
-        if self.local:
-            return self.path(rel)
-        return self.fs.unstrip_protocol(self.path(rel))
-
-    def relative(self, other: "Tree") -> str | None:
-        """``other``'s root relative to this root when it lies inside this tree, else None."""
-        if self.local != other.local or (not self.local and type(self.fs) is not type(other.fs)):
-            return None
-        if self.local:
-            mine, theirs = os.path.realpath(self.root), os.path.realpath(other.root)
-            if theirs == mine:
-                return ""
-            if theirs.startswith(mine.rstrip(os.sep) + os.sep):
-                return os.path.relpath(theirs, mine).replace(os.sep, "/")
-            return None
-        if other.root == self.root:
-            return ""
-        if other.root.startswith(self.root + "/"):
-            return other.root[len(self.root) + 1:]
-        return None
-
-    def is_dir(self) -> bool:
-        if self.local:
-            return os.path.isdir(self.root)
-        return bool(self.fs.isdir(self.root))
+        return False
 
     def walk(self, exclude: str | None = None) -> list[Entry]:
         """Every file under the root, sorted by relative path; ``exclude`` prunes one sub-folder.
@@ -152,10 +110,124 @@ class Tree:
         """
         if not self.is_dir():
             raise CkptMigrateError("is not a folder", path=self.url)
-        entries = self._walk_local(exclude) if self.local else self._walk_remote(exclude)
-        return sorted(entries, key=lambda entry: entry.rel)
+        return sorted(self._walk(exclude), key=lambda entry: entry.rel)
 
-    def _walk_local(self, exclude: str | None) -> list[Entry]:
+    def sha256(self, rel: str) -> str:
+        """sha256 of a file; of a folder, :func:`~ckpt_migrate.io.hashing.folder_sha256` of its files.
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        if not self._is_folder(rel):
+            return self._hash_file(rel)
+        return folder_sha256([member[len(rel) + 1:] for member in self._files_under(rel)],
+                             lambda name: self._hash_file(f"{rel}/{name}"))
+
+    def _hash_file(self, rel: str) -> str:
+        with self.open(rel) as handle:
+            return stream_sha256(handle)
+
+    def read_text(self, rel: str) -> str | None:
+        """A text file's content, or None when it does not exist."""
+        try:
+            with self.open(rel, "rb") as handle:
+                return handle.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def path(self, rel: str) -> str:
+        """The path of ``rel`` as this tree's file system names it."""
+        raise NotImplementedError
+
+    def url_of(self, rel: str) -> str:
+        """A URL (or local path) that :class:`~ckpt_migrate.io.source.Source` and fsspec can open."""
+        raise NotImplementedError
+
+    def relative(self, other: "Tree") -> str | None:
+        """``other``'s root relative to this root when it lies inside this tree, else None."""
+        raise NotImplementedError
+
+    def is_dir(self) -> bool:
+        """True when the root is a folder."""
+        raise NotImplementedError
+
+    def stat(self, rel: str) -> tuple[int, float] | None:
+        """(size, mtime) of a file, or (total size, newest mtime) of a folder; None when absent."""
+        raise NotImplementedError
+
+    def exists(self, rel: str) -> bool:
+        """True when ``rel`` exists (a broken symlink counts)."""
+        raise NotImplementedError
+
+    def open(self, rel: str, mode: str = "rb") -> Any:
+        """Open ``rel`` as a file object."""
+        raise NotImplementedError
+
+    def makedirs(self) -> None:
+        """Create the root folder (a no-op on object stores)."""
+        raise NotImplementedError
+
+    def replace_text(self, rel: str, text: str) -> None:
+        """Write a small text file so that readers see the old or the new content, never a mix."""
+        raise NotImplementedError
+
+    def append_text(self, rel: str, text: str, sync: bool = True) -> None:
+        """Append to a text file (fsync'ed when ``sync`` on local disks)."""
+        raise NotImplementedError
+
+    def sync(self, rel: str) -> None:
+        """Make a written file durable (fsync on local disks)."""
+        raise NotImplementedError
+
+    def remove(self, rel: str) -> None:
+        """Remove a file or folder, ignoring one that is already gone."""
+        raise NotImplementedError
+
+    def temporaries(self) -> Iterator[str]:
+        """Relative paths of temporaries left by interrupted runs (names carrying the temp marker)."""
+        raise NotImplementedError
+
+    def _walk(self, exclude: str | None) -> list[Entry]:
+        raise NotImplementedError
+
+    def _is_folder(self, rel: str) -> bool:
+        raise NotImplementedError
+
+    def _files_under(self, rel: str) -> list[str]:
+        raise NotImplementedError
+
+
+class LocalTree(Tree):
+    """A tree on a local disk, through :mod:`os` (symlink checks, appends, atomic renames, fsync)."""
+
+    local = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/") or url
+        path = url[len("file://"):] if url.startswith("file://") else url
+        self.root = os.path.abspath(os.path.expanduser(path))
+        self.fs: Any = None
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, *rel.split("/")) if rel else self.root
+
+    def url_of(self, rel: str) -> str:
+        return self.path(rel)
+
+    def relative(self, other: Tree) -> str | None:
+        if not isinstance(other, LocalTree):
+            return None
+        mine, theirs = os.path.realpath(self.root), os.path.realpath(other.root)
+        if theirs == mine:
+            return ""
+        if theirs.startswith(mine.rstrip(os.sep) + os.sep):
+            return os.path.relpath(theirs, mine).replace(os.sep, "/")
+        return None
+
+    def is_dir(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def _walk(self, exclude: str | None) -> list[Entry]:
         real_root = os.path.realpath(self.root)
         found: list[Entry] = []
 
@@ -205,7 +277,124 @@ class Tree:
                 found.append(Entry(rel, stat.st_size, stat.st_mtime))
         return found
 
-    def _walk_remote(self, exclude: str | None) -> list[Entry]:
+    def stat(self, rel: str) -> tuple[int, float] | None:
+        path = self.path(rel)
+        if not os.path.lexists(path):
+            return None
+        if os.path.isdir(path) and not os.path.islink(path):
+            sizes, mtimes = [0], [os.stat(path).st_mtime]
+            for folder, _, files in os.walk(path):
+                for name in files:
+                    stat = os.stat(os.path.join(folder, name))
+                    sizes.append(stat.st_size)
+                    mtimes.append(stat.st_mtime)
+            return sum(sizes), max(mtimes)
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self.path(rel))
+
+    def open(self, rel: str, mode: str = "rb") -> Any:
+        return open(self.path(rel), mode)
+
+    def _is_folder(self, rel: str) -> bool:
+        return os.path.isdir(self.path(rel))
+
+    def _files_under(self, rel: str) -> list[str]:
+        names = []
+        for folder, _, files in os.walk(self.path(rel)):
+            for name in files:
+                names.append(os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/"))
+        return sorted(names)
+
+    def makedirs(self) -> None:
+        """Create the root folder.
+
+        Raises:
+            CkptMigrateError: the folder cannot be created.
+        """
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as error:
+            raise CkptMigrateError(f"cannot create the destination folder: {error.strerror}", path=self.root) from None
+
+    def replace_text(self, rel: str, text: str) -> None:
+        """Write through a temporary name and :func:`os.replace` after an fsync."""
+        path = self.path(rel)
+        tmp = f"{path}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def append_text(self, rel: str, text: str, sync: bool = True) -> None:
+        with open(self.path(rel), "ab") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+
+    def sync(self, rel: str) -> None:
+        with open(self.path(rel), "rb") as handle:
+            os.fsync(handle.fileno())
+
+    def remove(self, rel: str) -> None:
+        from ckpt_migrate.io.atomic import remove_quietly
+
+        remove_quietly(self.path(rel))
+
+    def temporaries(self) -> Iterator[str]:
+        if not os.path.isdir(self.root):
+            return
+        for folder, dirs, files in os.walk(self.root):
+            for name in list(dirs) + files:
+                if is_temp(name):
+                    yield os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/")
+            dirs[:] = [d for d in dirs if not is_temp(d)]
+
+
+class RemoteTree(Tree):
+    """A tree behind an fsspec URL (``s3://``, ``memory://``…), read without downloading whole trees."""
+
+    local = False
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/") or url
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url)
+        except ImportError as error:
+            package = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(url.split("://")[0], "")
+            hint = "pip install ckpt-migrate[s3]" if package == "s3fs" else f"pip install {package or 'the fsspec implementation for this protocol'}"
+            raise MissingDependencyError(f"cannot open {url}: {error}; {hint}") from None
+        self.root = root.rstrip("/")
+
+    @property
+    def in_process_only(self) -> bool:
+        return self.url.startswith("memory://")
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url_of(self, rel: str) -> str:
+        return self.fs.unstrip_protocol(self.path(rel))
+
+    def relative(self, other: Tree) -> str | None:
+        if not isinstance(other, RemoteTree) or type(self.fs) is not type(other.fs):
+            return None
+        if other.root == self.root:
+            return ""
+        if other.root.startswith(self.root + "/"):
+            return other.root[len(self.root) + 1:]
+        return None
+
+    def is_dir(self) -> bool:
+        return bool(self.fs.isdir(self.root))
+
+    def _walk(self, exclude: str | None) -> list[Entry]:
         found = []
         listing = self.fs.find(self.root, detail=True, withdirs=False)
         by_folder: dict[str, list[str]] = {}
@@ -248,21 +437,7 @@ class Tree:
         return 0.0
 
     def stat(self, rel: str) -> tuple[int, float] | None:
-        """(size, mtime) of a file, or (total size, newest mtime) of a folder; None when absent."""
         path = self.path(rel)
-        if self.local:
-            if not os.path.lexists(path):
-                return None
-            if os.path.isdir(path) and not os.path.islink(path):
-                sizes, mtimes = [0], [os.stat(path).st_mtime]
-                for folder, _, files in os.walk(path):
-                    for name in files:
-                        stat = os.stat(os.path.join(folder, name))
-                        sizes.append(stat.st_size)
-                        mtimes.append(stat.st_mtime)
-                return sum(sizes), max(mtimes)
-            stat = os.stat(path)
-            return stat.st_size, stat.st_mtime
         try:
             info = self.fs.info(path)
         except FileNotFoundError:
@@ -275,122 +450,37 @@ class Tree:
         return int(info.get("size") or 0), self._mtime_of(path, info)
 
     def exists(self, rel: str) -> bool:
-        if self.local:
-            return os.path.lexists(self.path(rel))
         return bool(self.fs.exists(self.path(rel)))
 
     def open(self, rel: str, mode: str = "rb") -> Any:
-        if self.local:
-            return open(self.path(rel), mode)
         return self.fs.open(self.path(rel), mode)
 
-    def sha256(self, rel: str) -> str:
-        """sha256 of a file; of a folder, sha256 over its files' relative names and sha256s.
-
-        Raises:
-            OSError: the file cannot be read.
-        """
-        path = self.path(rel)
-        is_dir = os.path.isdir(path) if self.local else self.fs.isdir(path)
-        if not is_dir:
-            return self._hash_file(rel)
-        return folder_sha256([member[len(rel) + 1:] for member in self._files_under(rel)],
-                             lambda name: self._hash_file(f"{rel}/{name}"))
+    def _is_folder(self, rel: str) -> bool:
+        return bool(self.fs.isdir(self.path(rel)))
 
     def _files_under(self, rel: str) -> list[str]:
-        if self.local:
-            base = self.path(rel)
-            names = []
-            for folder, _, files in os.walk(base):
-                for name in files:
-                    names.append(os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/"))
-            return sorted(names)
         return sorted(p[len(self.root) + 1:] for p in self.fs.find(self.path(rel), withdirs=False))
 
-    def _hash_file(self, rel: str) -> str:
-        with self.open(rel) as handle:
-            return stream_sha256(handle)
-
-    def read_text(self, rel: str) -> str | None:
-        """A text file's content, or None when it does not exist."""
-        try:
-            with self.open(rel, "rb") as handle:
-                return handle.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return None
-
     def makedirs(self) -> None:
-        """Create the root folder (a no-op on object stores).
-
-        Raises:
-            CkptMigrateError: the folder cannot be created.
-        """
-        if self.local:
-            try:
-                os.makedirs(self.root, exist_ok=True)
-            except OSError as error:
-                raise CkptMigrateError(f"cannot create the destination folder: {error.strerror}", path=self.root) from None
-        else:
-            with contextlib.suppress(Exception):
-                self.fs.makedirs(self.root, exist_ok=True)
+        with contextlib.suppress(Exception):
+            self.fs.makedirs(self.root, exist_ok=True)
 
     def replace_text(self, rel: str, text: str) -> None:
-        """Write a small text file so that readers see the old or the new content, never a mix.
-
-        Local files go through a temporary name and :func:`os.replace` after an fsync; object
-        stores replace a whole object in one PUT.
-        """
-        data = text.encode("utf-8")
-        if self.local:
-            path = self.path(rel)
-            tmp = f"{path}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            return
-        self.fs.pipe_file(self.path(rel), data)
+        """Object stores replace a whole object in one PUT."""
+        self.fs.pipe_file(self.path(rel), text.encode("utf-8"))
 
     def append_text(self, rel: str, text: str, sync: bool = True) -> None:
-        """Append to a local text file, fsync'ed when ``sync`` (object stores: read, extend, replace)."""
-        if self.local:
-            with open(self.path(rel), "ab") as handle:
-                handle.write(text.encode("utf-8"))
-                handle.flush()
-                if sync:
-                    os.fsync(handle.fileno())
-            return
+        """Object stores cannot append: read, extend, replace."""
         self.replace_text(rel, (self.read_text(rel) or "") + text)
 
     def sync(self, rel: str) -> None:
-        """fsync a local file (a no-op on object stores, whose writes are durable when they return)."""
-        if self.local:
-            with open(self.path(rel), "rb") as handle:
-                os.fsync(handle.fileno())
+        """A no-op: object-store writes are durable when they return."""
 
     def remove(self, rel: str) -> None:
-        """Remove a file or folder, ignoring one that is already gone."""
-        path = self.path(rel)
-        if self.local:
-            from ckpt_migrate.io.atomic import remove_quietly
-
-            remove_quietly(path)
-            return
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(path, recursive=True)
+            self.fs.rm(self.path(rel), recursive=True)
 
     def temporaries(self) -> Iterator[str]:
-        """Relative paths of temporaries left by interrupted runs (names carrying the temp marker)."""
-        if self.local:
-            if not os.path.isdir(self.root):
-                return
-            for folder, dirs, files in os.walk(self.root):
-                for name in list(dirs) + files:
-                    if is_temp(name):
-                        yield os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/")
-                dirs[:] = [d for d in dirs if not is_temp(d)]
-            return
         if not self.fs.exists(self.root):
             return
         for path in self.fs.find(self.root, withdirs=True):
