@@ -76,7 +76,36 @@ def fanned_out_payloads(fan: int = 40, levels: int = 4) -> bytes:
     return payload
 
 
+def deflated_storages(count: int = 3, mib: int = 300) -> bytes:
+    """A few-MB torch zip whose ``count`` storages are deflated entries of ``mib`` MiB each, inside the expansion-ratio limit."""
+    import io
+    import zipfile
+
+    numel = (mib << 20) // 4
+    tensors = b""
+    for key in range(count):
+        storage = (b"(" + P.text("storage", 2) + P.global_op("torch", "FloatStorage") + P.text(str(key), 2)
+                   + P.text("cpu", 2) + P.value(numel, 2) + b"tQ")
+        tensors += (P.text(f"w{key}", 2) + P.global_op("torch._utils", "_rebuild_tensor_v2") + b"(" + storage + P.value(0, 2)
+                    + b"(" + P.value(numel, 2) + b"t(K\x01t\x89" + P.global_op("collections", "OrderedDict") + b")RtR")
+    data_pkl = b"\x80\x02}(" + tensors + b"u."
+    import random
+
+    buffer = io.BytesIO()
+    noise = random.Random(0)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/byteorder", b"little")
+        for key in range(count):
+            with archive.open(f"archive/data/{key}", "w", force_zip64=True) as entry:
+                for _ in range(mib):
+                    entry.write(noise.randbytes(2048) + bytes((1 << 20) - 2048))
+        archive.writestr("archive/version", b"3\n")
+    return buffer.getvalue()
+
+
 CASES = {
+    "deflated-storages": (deflated_storages, "would allocate more than"),
     "bytearrays": (bytearrays, "would allocate more than"),
     "numpy-one-buffer": (numpy_from_one_buffer, "would allocate more than"),
     "sets-of-a-big-list": (sets_of_a_big_list, "per file"),

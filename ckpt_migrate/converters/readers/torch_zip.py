@@ -13,7 +13,7 @@ import zipfile
 from typing import Any, BinaryIO
 
 from ckpt_migrate.model.checkpoint import ByteSource, StorageRef
-from ckpt_migrate.errors import CorruptFileError, LimitExceededError, NotMyFormat
+from ckpt_migrate.errors import CorruptFileError, LimitExceededError, NotMyFormat, UnsupportedFormatError
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.unpickler.vm import Interpreter
 import ckpt_migrate.converters.readers.storages as _storages
@@ -54,6 +54,7 @@ class TorchZipArchive:
 
     def __init__(self, source: Source | BufferSource) -> None:
         self.source = source
+        self.budget: Any = None
         self.handle = source.open()
         try:
             self.zip = zipfile.ZipFile(self.handle)
@@ -79,6 +80,11 @@ class TorchZipArchive:
         if len(pickles) != 1:
             self.close()
             raise NotMyFormat()
+        encrypted = [i.filename for i in self.zip.infolist() if i.flag_bits & 0x1]
+        if encrypted:
+            self.close()
+            raise UnsupportedFormatError(f"zip entry {encrypted[0]!r} is encrypted; torch never writes encrypted entries and "
+                                         "its bytes would be ciphertext, so the file is refused", path=source.name)
         self.top = pickles[0][: -len("data.pkl")]
         self.names = set(names)
         self.is_torchscript = f"{self.top}constants.pkl" in self.names or any(n.startswith(f"{self.top}code/") for n in names)
@@ -103,6 +109,8 @@ class TorchZipArchive:
             raise LimitExceededError(
                 f"zip entry {name} declares {info.file_size} bytes from {info.compress_size} compressed (a decompression bomb)",
                 path=self.source.name)
+        if self.budget is not None and info.compress_type != zipfile.ZIP_STORED:
+            self.budget.charge_alloc(info.file_size, f"decompressing zip entry {name}")
         try:
             data = self.zip.read(info)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError, struct.error, zipfile.LargeZipFile) as error:
@@ -172,6 +180,7 @@ class TorchZipReader(Reader):
         """
         path = archive.source.name
         top = archive.top
+        archive.budget = options.budget
         byteorder = "little"
         if f"{top}byteorder" in archive.names:
             byteorder = archive.read_entry(f"{top}byteorder", 16).decode("ascii", "replace").strip()
