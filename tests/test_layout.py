@@ -122,3 +122,15 @@ def test_cli_help_and_formats_import_no_torch(args: list[str]) -> None:
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code, file=sys.stderr)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.stderr.strip().splitlines()[-1] == "NO-TORCH 0", result.stderr
+
+
+def test_migrate_dry_run_predicts_strict_calls(tmp_path: Path) -> None:
+    import helpers_calls
+
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save({"w": torch.ones(2), "mode": helpers_calls.InterpolationMode.BILINEAR}, src / "a.pt")
+    relaxed = ckpt_migrate.migrate(src, tmp_path / "out", to="safetensors", dry_run=True)
+    strict = ckpt_migrate.migrate(src, tmp_path / "out", to="safetensors", dry_run=True, strict_calls=True)
+    assert [f.kind for f in relaxed.files] == ["state_dict"]
+    assert [f.kind for f in strict.files] == ["refused"] and "InterpolationMode" in (strict.files[0].reason or "")

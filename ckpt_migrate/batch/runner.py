@@ -238,7 +238,7 @@ def migrate(
     if dry_run:
         for item in items:
             if probe_kinds and item.action in (planning.CONVERT, planning.EXISTS) and item.format and item.kind is None:
-                item.kind, error = probe(src.url_of(item.source), select=options.select, ema=options.ema, allow_calls=options.allow_calls)
+                item.kind, error = probe(src.url_of(item.source), options)
                 if error and not item.reason:
                     item.reason = error
             status = {planning.SKIP: "skipped", planning.UP_TO_DATE: "up-to-date"}.get(item.action, "planned")

@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from ckpt_migrate.io.atomic import TEMP_MARKER
+from ckpt_migrate.options import ConvertOptions
 from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, VerificationError
 from ckpt_migrate.io.trees import CHUNK, Tree
 
@@ -228,17 +229,24 @@ def upload(local: str, tree: Tree, rel: str) -> str:
     return digest.hexdigest()
 
 
-def probe(url: str, *, select: str | None = None, ema: bool = False, allow_calls: tuple[str, ...] = ()) -> tuple[str, str | None]:
+def probe(url: str, options: ConvertOptions) -> tuple[str, str | None]:
     """A cheap look at a file's kind for a dry run: parse its pickle, read no tensor bytes.
 
-    Returns ``(kind, error)``; kind is ``refused`` for a file that calls something outside the
-    allowlist and ``?`` when the file cannot be opened (``error`` says why).
+    Args:
+        url: the file to look at.
+        options: the batch's options (``select``, ``ema``, ``allow_calls``, ``strict_calls``), so the
+            dry run predicts what the conversion will do.
+
+    Returns:
+        ``(kind, error)``; kind is ``refused`` for a file the conversion would refuse and ``?``
+        when the file cannot be opened (``error`` says why).
     """
     from ckpt_migrate.api import read_raw
     from ckpt_migrate.bundle.extract import Extraction, extract
 
+    select, ema = options.select, options.ema
     try:
-        raw, _ = read_raw(url, allow_calls=allow_calls, collect_only=True)
+        raw, _ = read_raw(url, allow_calls=options.allow_calls, collect_only=True, strict_calls=options.strict_calls)
         refused = [use.name for use in raw.globals.values() if use.verdict == "refused"]
         if refused:
             return "refused", f"{url}: refused: calls {', '.join(refused)}"
