@@ -3,7 +3,10 @@
 Each pipeline runs in its own child process; wall time is measured around it and CPU time and
 peak RSS come from the child's resource usage (``os.wait4``). Pipelines run interleaved, several
 rounds, and the medians are printed with their ratio to ``cp`` of the same file in the same run.
-Dirty pages are flushed (``sync``) before every run so no run pays for another's writeback.
+Two figures per run: **page cache** (the command's own wall time) and **on disk** (``sync`` before
+the run, then the command followed by ``sync``: what a user waits for on big files). Peak RSS is
+the child's. The machine's load average and a SHA-256 calibration are printed before and after,
+so a noisy run is visible as such.
 
     python bench/bench_stream.py                      # small, a quick look
     python bench/bench_stream.py --sizes 2GB,8GB      # the real measurement
@@ -11,7 +14,9 @@ Dirty pages are flushed (``sync``) before every run so no run pays for another's
 Pipelines: ``cp``; ``ckpt-migrate convert SRC DST`` (CLI, verification on); ``no-verify`` (``--no-verify``, the
 same without reading the output back); ``naive``
 (``torch.load(weights_only=True)`` then ``safetensors.torch.save_file``); ``mmap`` (the same with
-``torch.load(mmap=True)``, zip files only).
+``torch.load(mmap=True)``, zip files only); ``fp16`` (the default conversion with ``--dtype fp16``, half the
+output: not run unless named); ``two-pass`` (the default conversion with the source hash taken by a
+second read of the source, as before issue 17: not run unless named).
 """
 
 from __future__ import annotations
@@ -43,6 +48,14 @@ gen = torch.Generator().manual_seed(0)
 sd = {{f"layer{{i}}.weight": torch.randn(numel // cols, cols, generator=gen) for i in range(count)}}
 torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
 """
+TWO_PASS = """
+import runpy, sys
+from ckpt_migrate.converters.writers.safetensors import writer
+one_pass = writer.SourceDigest.__init__
+writer.SourceDigest.__init__ = lambda self, checkpoint, wanted, **_: one_pass(self, checkpoint, wanted, one_pass=False)
+sys.argv = ["ckpt-migrate", "convert", "--force", *sys.argv[1:]]
+runpy.run_module("ckpt_migrate", run_name="__main__")
+"""
 NAIVE = """
 import sys, torch
 from safetensors.torch import save_file
@@ -53,11 +66,12 @@ save_file(sd, sys.argv[2])
 
 @dataclass
 class Sample:
-    """One run of one pipeline: wall and CPU seconds, peak resident memory in MiB."""
+    """One run of one pipeline: wall seconds into the page cache, wall seconds until on disk (with the ``sync`` after), CPU seconds, peak resident MiB."""
 
     wall: float
     cpu: float
     rss_mib: float
+    disk: float = 0.0
 
 
 def parse_size(text: str) -> int:
@@ -123,6 +137,8 @@ def pipelines(fmt: str, selected: Sequence[str]) -> dict[str, list[str]]:
         "ckpt-migrate": [sys.executable, "-m", "ckpt_migrate", "convert", "--force"],
         "no-hash": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--no-source-hash"],
         "no-verify": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--no-verify", "--no-source-hash"],
+        "two-pass": [sys.executable, "-c", TWO_PASS],
+        "fp16": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--dtype", "fp16"],
         "naive": [sys.executable, "-c", NAIVE.format(mmap=False)],
         "mmap": [sys.executable, "-c", NAIVE.format(mmap=True)],
     }
@@ -149,7 +165,11 @@ def measure(src: str, dst: str, commands: dict[str, list[str]], runs: int) -> di
             if os.path.exists(dst):
                 os.remove(dst)
             os.sync()
-            samples[name].append(run_child([*argv, src, dst]))
+            sample = run_child([*argv, src, dst])
+            start = time.perf_counter()
+            os.sync()
+            sample.disk = sample.wall + time.perf_counter() - start
+            samples[name].append(sample)
     if os.path.exists(dst):
         os.remove(dst)
     return samples
@@ -167,16 +187,32 @@ def startup(runs: int) -> dict[str, float]:
 
 def report(size: int, fmt: str, samples: dict[str, list[Sample]]) -> dict:
     """Print one table and return its medians as plain data."""
-    medians = {name: Sample(*(statistics.median(getattr(s, f) for s in runs) for f in ("wall", "cpu", "rss_mib")))
+    medians = {name: Sample(*(statistics.median(getattr(s, f) for s in runs) for f in ("wall", "cpu", "rss_mib", "disk")))
                for name, runs in samples.items()}
     base = medians.get("cp")
     print(f"\n{fmt} state_dict, {size / 2**30:.2f} GiB, {TENSORS} float32 tensors, median of {len(next(iter(samples.values())))} runs")
-    print(f"  {'pipeline':<14}{'wall s':>9}{'cpu s':>9}{'peak RSS MiB':>14}{'wall / cp':>11}")
+    print(f"  {'pipeline':<14}{'cache s':>9}{'/ cp':>8}{'disk s':>9}{'/ cp':>8}{'cpu s':>8}{'RSS MiB':>9}  on-disk ratio per round")
     for name, m in medians.items():
-        ratio = f"{m.wall / base.wall:.2f}x" if base else "-"
-        print(f"  {name:<14}{m.wall:>9.2f}{m.cpu:>9.2f}{m.rss_mib:>14.0f}{ratio:>11}")
+        cache = f"{m.wall / base.wall:.2f}x" if base else "-"
+        disk = f"{m.disk / base.disk:.2f}x" if base else "-"
+        rounds = " ".join(f"{s.disk / c.disk:.2f}" for s, c in zip(samples[name], samples["cp"])) if base else ""
+        print(f"  {name:<14}{m.wall:>9.2f}{cache:>8}{m.disk:>9.2f}{disk:>8}{m.cpu:>8.2f}{m.rss_mib:>9.0f}  {rounds}")
     return {"size": size, "format": fmt, "medians": {name: asdict(m) for name, m in medians.items()},
             "runs": {name: [asdict(s) for s in runs] for name, runs in samples.items()}}
+
+
+def conditions() -> str:
+    """The load average and this machine's single-core SHA-256 speed right now (how noisy the figures are)."""
+    import hashlib
+
+    block = bytes(1 << 20)
+    digest = hashlib.sha256()
+    start = time.perf_counter()
+    for _ in range(256):
+        digest.update(block)
+    rate = 256 * (1 << 20) / (time.perf_counter() - start) / 1e9
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return f"load average {load}; sha256 {rate:.2f} GB/s on one core"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}; files in {folder}")
     results: dict = {"machine": {"cpus": os.cpu_count(), "system": f"{platform.system()} {platform.release()}"}, "tables": []}
+    results["conditions"] = [conditions()]
+    print(f"conditions before: {results['conditions'][0]}")
     try:
         results["startup"] = startup(max(3, args.runs))
         for name, seconds in results["startup"].items():
@@ -223,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(folder, ignore_errors=True)
+    results["conditions"].append(conditions())
+    print(f"\nconditions after: {results['conditions'][-1]}")
     if args.json_path:
         with open(args.json_path, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -606,7 +606,8 @@ def source_order(plan: StreamPlan, files: _Files) -> list[Entry]:
     return sorted(plan.entries, key=key) if files.hasher is not None else list(plan.entries)
 
 
-def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None, hasher: HashThread | None = None) -> None:
+def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None, hasher: HashThread | None = None,
+                 on_piece: Callable[[int], None] | None = None) -> None:
     """Write the planned file at ``path`` (created or truncated), in one pass over the sources.
 
     Each piece is read once into a buffer and written at its planned place. With
@@ -615,7 +616,8 @@ def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None, 
     header are checked at the end; :func:`verify_stream` is the same check as a separate full
     pass. With ``hasher``, the pieces that come from the file it hashes are fed to it as they
     pass, in the file's order, so no separate hashing pass reads the source again; the caller
-    finishes the digest (:meth:`HashThread.result`).
+    finishes the digest (:meth:`HashThread.result`). ``on_piece`` is told the output bytes of each
+    tensor once they are written (progress).
 
     Raises:
         CannotStream: a cast meets NaNs (the caller removes ``path`` and falls back).
@@ -631,6 +633,8 @@ def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None, 
             for entry in source_order(plan, files):
                 if entry.end > entry.begin:
                     _write_entry(entry, plan.data_start + entry.begin, out, files)
+                    if on_piece is not None:
+                        on_piece(entry.end - entry.begin)
         out.close()
     finally:
         try:
