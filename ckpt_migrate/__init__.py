@@ -2,6 +2,21 @@
 
 Python API (mirrors the CLI): :func:`load`, :func:`convert`, :func:`inspect`, :func:`scan`,
 :func:`diff`, :func:`check`, :func:`migrate`. Importing this package does not import torch.
+
+The folders follow the data (DESIGN §2)::
+
+    io/           source bytes (file, fsspec), folder trees, atomic outputs, digests
+    converters/   the registry; readers/ (one per format) and writers/ (one per format)
+    unpickler/    the safe interpreter: policy.py (what a name may do), opcodes, rebuilders, budget
+    model/        Checkpoint and lazy tensor references, dtypes, layout arithmetic, equality
+    bundle/       what a bundle holds: weight selection, training state, classification, inert values
+    transforms/   between reading and writing: schemas applied, casts, optimizer stripping
+    schemas/      the torch-free schema engine, loader, alignment and built-in TOML files
+    architectures/ torchvision signature index, identification, rebuild, --target resolution
+    reports/      inspect, scan, check, diff
+    batch/        migrate: walk, plan, executors, worker, manifest, report
+    options.py    ConvertOptions: every convert/migrate flag, typed and validated once
+    api.py, cli.py, commands/   the public functions and the click commands
 """
 
 from __future__ import annotations

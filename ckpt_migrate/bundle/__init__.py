@@ -1,1 +1,1 @@
-"""bundle: see the package docstring of ckpt_migrate for the layout."""
+"""What a training bundle holds, torch-free: weight selection, training state, content classification, inert rendering."""

@@ -1,1 +1,1 @@
-"""io: see the package docstring of ckpt_migrate for the layout."""
+"""Where bytes come from and go to: sources, folder trees (local or fsspec), atomic outputs, digests."""

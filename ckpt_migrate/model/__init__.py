@@ -1,1 +1,1 @@
-"""model: see the package docstring of ckpt_migrate for the layout."""
+"""The data model every reader fills and every writer consumes: Checkpoint, tensor references, dtypes, layout."""

@@ -1,1 +1,1 @@
-"""reports: see the package docstring of ckpt_migrate for the layout."""
+"""What the read-only commands report: inspect, scan, check, diff; and the inert rendering of file strings."""

@@ -1,1 +1,1 @@
-"""transforms: see the package docstring of ckpt_migrate for the layout."""
+"""The pipeline between reading and writing: schemas applied, dtype casts, optimizer stripping, output bounds."""

@@ -1,1 +1,1 @@
-"""readers: see the package docstring of ckpt_migrate for the layout."""
+"""One reader per source format; each sniffs bytes, then opens the file through the safe interpreter."""

@@ -1,4 +1,4 @@
-"""Reader and writer for safetensors files.
+"""Reader for safetensors files.
 
 The reader parses the header itself with strict checks (length, JSON, dtypes, offsets that tile
 the data section exactly) and hands out byte ranges; no tensor is read until it is needed.
@@ -18,6 +18,7 @@ from ckpt_migrate.io.source import Source
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_RANK = 64
 
 
 def looks_safetensors(head: bytes) -> bool:
@@ -77,8 +78,11 @@ def parse_header(raw: bytes, file_size: int, name: str) -> tuple[dict[str, dict]
             raise CorruptFileError(f"safetensors entry {key!r} has unknown dtype {entry.get('dtype')!r}", path=name)
         shape = entry.get("shape")
         offsets = entry.get("data_offsets")
+        if isinstance(shape, list) and len(shape) > MAX_RANK:
+            raise CorruptFileError(f"safetensors entry {key[:80]!r} has {len(shape)} dimensions, over the limit of {MAX_RANK} "
+                                   "(real tensors have a handful)", path=name)
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise CorruptFileError(f"safetensors entry {key!r} has an invalid shape {shape!r}", path=name)
+            raise CorruptFileError(f"safetensors entry {key!r:.80} has an invalid shape {shape!r:.80}", path=name)
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1] <= data_size):

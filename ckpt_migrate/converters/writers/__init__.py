@@ -1,1 +1,1 @@
-"""writers: see the package docstring of ckpt_migrate for the layout."""
+"""One writer per output format; each writes atomically and verifies what it wrote."""

@@ -1,1 +1,1 @@
-"""safetensors: see the package docstring of ckpt_migrate for the layout."""
+"""The safetensors writer: streamed byte-range copies, casts, sharded and Hugging Face layouts."""
