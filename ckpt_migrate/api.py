@@ -1,7 +1,8 @@
-"""The Python API that mirrors the CLI: ``load``, ``convert``, ``inspect``."""
+"""The Python API that mirrors the CLI: ``load``, ``convert``, ``inspect`` (see :mod:`ckpt_migrate.reports.inspect`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -19,7 +20,9 @@ from ckpt_migrate.options import ConvertOptions
 from ckpt_migrate.model.provenance import TOOL_LABEL
 from ckpt_migrate.unpickler import DEFAULT_LIMITS, Limits
 from ckpt_migrate.unpickler.budget import Budget
-from ckpt_migrate.unpickler.verdicts import UNSAFE, file_verdict, unknown_calls_warning
+from ckpt_migrate.unpickler.verdicts import unknown_calls_warning
+from ckpt_migrate.reports.inspect import InspectReport, inspect
+from ckpt_migrate.reports.progress import ProgressReporter, phase, reporting
 
 
 
@@ -61,11 +64,26 @@ def load(
     hash_source: bool = True,
     strict_calls: bool = False,
     weights: str = "master",
+    progress: ProgressReporter | None = None,
 ) -> Checkpoint:
     """Open any supported checkpoint without executing code from it.
 
     Calls of names outside the allowlist are kept as inert records and named in
     ``meta["warnings"]``; with ``strict_calls`` they refuse the file instead.
+
+    Args:
+        src: the checkpoint file or folder (never modified).
+        select: the bundle key whose weights are taken (dotted path allowed).
+        ema: take the EMA weights (``state_dict_ema``, ``model_ema``, ``ema``).
+        allow_calls: calls accepted as inert records under ``strict_calls``.
+        limits: the resource limits of the file's budget.
+        hash_source: record the source's sha256 in ``meta["source_sha256"]`` (reads the whole file).
+        strict_calls: refuse (exit 3) any call outside the allowlist.
+        weights: DeepSpeed ZeRO folders: ``master`` (fp32 partitions) or ``module`` weights.
+        progress: where to show the phases of long work (default: nothing is shown).
+
+    Returns:
+        A :class:`~ckpt_migrate.model.checkpoint.Checkpoint` with lazy tensor references.
 
     Raises:
         UnsupportedFormatError: no reader recognises the file.
@@ -74,15 +92,20 @@ def load(
         SelectionError: no weights, or an ambiguous bundle without ``select``.
     """
     path = os.fspath(src)
-    raw, reader_name = read_raw(path, allow_calls=allow_calls, limits=limits, strict_calls=strict_calls, weights=weights)
-    try:
-        found = extract_weights(raw, select=select, ema=ema)
-    except CkptMigrateError as error:
-        raise error.with_path(path)
-    source = Source(path)
+    name = os.path.basename(os.path.normpath(path)) or path
+    with reporting(progress):
+        with phase(f"reading {name}", None):
+            raw, reader_name = read_raw(path, allow_calls=allow_calls, limits=limits, strict_calls=strict_calls, weights=weights)
+            try:
+                found = extract_weights(raw, select=select, ema=ema)
+            except CkptMigrateError as error:
+                raise error.with_path(path)
+        source = Source(path)
+        with phase(f"hashing {name}", None) if hash_source else contextlib.nullcontext():
+            digest = source.sha256() if hash_source else None
     meta = {
         "source": path,
-        "source_sha256": source.sha256() if hash_source else None,
+        "source_sha256": digest,
         "reader": reader_name,
         "format": raw.format,
         "kind": found.kind,
@@ -140,7 +163,8 @@ class ConvertResult:
         """The source's sha256, whether it was taken at load time or by the writer as it copied."""
         return self.report.source_sha256 or self.checkpoint.meta.get("source_sha256")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the document ``convert --json`` prints)."""
         return {
             "src": self.src,
             "dst": self.dst,
@@ -154,6 +178,10 @@ class ConvertResult:
             "schemas": self.checkpoint.meta.get("schemas", []),
             "details": to_plain(self.report.details),
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
 
 
 def prepare(checkpoint: Checkpoint, options: ConvertOptions) -> Checkpoint:
@@ -182,7 +210,8 @@ def prepare(checkpoint: Checkpoint, options: ConvertOptions) -> Checkpoint:
     return checkpoint
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOptions | None = None, **kwargs: Any) -> ConvertResult:
+def convert(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOptions | None = None, *,
+            progress: ProgressReporter | None = None, **kwargs: Any) -> ConvertResult:
     """Read ``src`` safely, transform it, write ``dst`` atomically and verify it.
 
     Args:
@@ -191,6 +220,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOpti
         options: a :class:`~ckpt_migrate.options.ConvertOptions`; keyword arguments (the same
             field names: ``to``, ``select``, ``ema``, ``schemas``, ``dtype``, ``strip_optimizer``,
             ``max_shard_size``, ``arch``, ``verify``, ``force``, ...) override its fields.
+        progress: where to show the phases of long work (reading, hashing, writing, casting,
+            verifying, exporting); default: nothing is shown.
 
     Returns:
         A :class:`ConvertResult` with the writer's report and the checkpoint that was written.
@@ -200,7 +231,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOpti
         CkptMigrateError: any subclass; its ``exit_code`` says how the CLI exits.
     """
     options = ConvertOptions.from_kwargs(options, **kwargs)
-    src, dst = os.fspath(src), os.fspath(dst)
+    with reporting(progress):
+        return _convert(os.fspath(src), os.fspath(dst), options)
+
+
+def _convert(src: str, dst: str, options: ConvertOptions) -> ConvertResult:
     if os.path.abspath(src) == os.path.abspath(dst):
         raise UsageError("the destination is the source; inputs are never modified", path=dst)
     to_folder = options.to in (None, "safetensors") and not options.max_shard_size and _shard_set_to_folder(src, dst)
@@ -262,66 +297,4 @@ def _shard_set_to_folder(src: str, dst: str) -> bool:
     return False
 
 
-def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: str | None = None, ema: bool = False,
-            strict_calls: bool = False, weights: str = "master") -> dict[str, Any]:
-    """A JSON-able report: format, kind, tensors, extras, metadata and every global with its verdict.
-
-    Refused globals do not stop the report (nothing is executed either way). ``verdict`` is the
-    file's verdict as ``scan`` gives it: ``clean``, ``unknown-calls`` (``warning`` names them) or
-    ``unsafe`` (the CLI exits 3).
-
-    Raises:
-        UnsupportedFormatError: no reader recognises the file.
-        CorruptFileError: the file is malformed.
-    """
-    path = os.fspath(src)
-    raw, reader_name = read_raw(path, allow_calls=allow_calls, collect_only=True, strict_calls=strict_calls, weights=weights)
-    globals_ = [u.to_json() for u in raw.globals.values()]
-    verdict = file_verdict(raw.globals)
-    report: dict[str, Any] = {"file": path, "format": raw.format, "reader": reader_name, "globals": globals_,
-                              "verdict": verdict, "meta": to_plain(raw.meta)}
-    warning = unknown_calls_warning(raw.globals)
-    if warning:
-        report["warning"] = warning
-    if verdict == UNSAFE:
-        report.update(kind="refused", tensors=[], extras={})
-        return report
-    try:
-        refuse_partitioned_rank(raw.root)
-    except CkptMigrateError as error:
-        raise error.with_path(path)
-    try:
-        found = extract_weights(raw, select=select, ema=ema)
-    except CkptMigrateError as error:
-        report.update(kind="no weights", error=error.message, tensors=[], extras={}, contents=to_plain(raw.root))
-        return report
-    tensors = [{"name": name, "dtype": ref.dtype.name, "shape": list(ref.shape), "bytes": ref.nbytes,
-                **({"quantized": ref.quantization.get("scheme")} if ref.quantization else {})}
-               for name, ref in found.tensors.items()]
-    report.update(
-        kind=found.kind,
-        selected=found.selected,
-        classes=found.classes,
-        tensors=tensors,
-        total_bytes=sum(t["bytes"] for t in tensors),
-        extras=to_plain(found.extras),
-        epoch=to_plain(found.extras.get("epoch")),
-    )
-    if found.note:
-        report["holds"] = found.note
-    if found.account is not None:
-        report["storages"] = found.account.to_json()
-    report["architecture"] = _guess_architecture(found.tensors)
-    return report
-
-
-def _guess_architecture(tensors: Any) -> Any:
-    try:
-        from ckpt_migrate.architectures.identify import identify
-    except ImportError:
-        return None
-    try:
-        found = identify({name: tuple(ref.shape) for name, ref in tensors.items()})
-        return {**found.to_json(), "summary": found.describe()}
-    except Exception as error:  # noqa: BLE001 - identification is advisory; a failure must not hide the report
-        return {"error": str(error)}
+__all__ = ["ConvertResult", "InspectReport", "check_nothing_lost", "convert", "extract_weights", "inspect", "load", "prepare", "read_raw"]

@@ -37,8 +37,8 @@ def test_optimizer_only_state_dict_is_not_weights(tmp_path: Path) -> None:
     torch.save(optimizer.state_dict(), src)
     _one_line_failure(src, tmp_path, "holds optimizer state (state, param_groups), no model weights — use --to normalized to keep it")
     report = inspect(src)
-    assert report["kind"] == "optimizer" and report["tensors"] == []
-    assert all(s["status"] == "left out" for s in report["storages"]["storages"])
+    assert report.kind == "optimizer" and report.tensors == []
+    assert all(s["status"] == "left out" for s in report.storages["storages"])
 
 
 def test_rng_state_file_is_not_weights(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_non_persistent_buffer_is_accounted(tmp_path: Path) -> None:
     src = tmp_path / "whole.pt"
     torch.save(model, src)
     report = inspect(src)
-    left = [s for s in report["storages"]["storages"] if s["status"] == "left out"]
+    left = [s for s in report.storages["storages"] if s["status"] == "left out"]
     assert [(s["where"], s["reason"]) for s in left] == [("_buffers.cache", "non-persistent buffer (not in state_dict)")]
 
 

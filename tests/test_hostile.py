@@ -259,7 +259,7 @@ def _refused_by_every_entry_point(path: Path) -> tuple[set[str], set[str], set[s
     scanned = {g.name for g in found.refused}
     try:
         report = api.inspect(path)
-        inspected = {g["name"] for g in report["globals"] if g["verdict"] == "refused"}
+        inspected = {g["name"] for g in report.globals if g["verdict"] == "refused"}
     except UnsafeFileError as error:
         inspected = set(error.refused)
     try:

@@ -47,7 +47,7 @@ def test_public_functions_stay_callable_after_every_submodule_is_imported(tmp_pa
     torch.save(state, src_dir / "a.pt")
     assert sorted(ckpt_migrate.load(src_dir / "a.pt").tensors) == ["b", "w"]
     assert ckpt_migrate.convert(src_dir / "a.pt", tmp_path / "a.safetensors").report.verified
-    assert ckpt_migrate.inspect(src_dir / "a.pt")["kind"] == "state_dict"
+    assert ckpt_migrate.inspect(src_dir / "a.pt").kind == "state_dict"
     assert ckpt_migrate.scan([str(src_dir / "a.pt")]).exit_code == 0
     assert ckpt_migrate.diff(src_dir / "a.pt", tmp_path / "a.safetensors").identical
     assert not ckpt_migrate.check(src_dir / "a.pt", str(tmp_path / "a.safetensors")).failed

@@ -200,9 +200,9 @@ def test_inert_extras_of_every_kind(tmp_path: Path) -> None:
     assert extras["z"] == complex(1, -2)
     assert dict(extras["counts"]) == {"x": [1, 2]}
     report = ckpt_migrate.api.inspect(path)
-    assert report["epoch"] == 5
-    assert report["extras"]["args"] == {"namespace": {"lr": 0.1, "name": "run"}}
-    assert report["extras"]["window"] == {"slice": [1, 5, 2]}
+    assert report.epoch == 5
+    assert report.extras["args"] == {"namespace": {"lr": 0.1, "name": "run"}}
+    assert report.extras["window"] == {"slice": [1, 5, 2]}
 
 
 def test_cuda_saved_file_opens_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

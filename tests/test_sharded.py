@@ -141,7 +141,7 @@ def test_reader_opens_folder_or_index_and_streams_back(tmp_path: Path, target: s
     api.convert(str(src), str(tmp_path / "out"), max_shard_size="2KB")
     path = tmp_path / "out" if target == "folder" else tmp_path / "out" / "model.safetensors.index.json"
     report = api.inspect(str(path))
-    assert report["reader"] == "safetensors-sharded" and len(report["tensors"]) == len(state)
+    assert report.reader == "safetensors-sharded" and len(report.tensors) == len(state)
     back = api.convert(str(path), str(tmp_path / "single.safetensors"))
     assert back.report.details["path"] == "stream"
     single = load_file(str(tmp_path / "single.safetensors"))

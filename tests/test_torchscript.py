@@ -175,8 +175,8 @@ def test_runtime_attributes_are_left_out_with_a_reason(tmp_path: Path) -> None:
     path = tmp_path / "stream.pt"
     torch.jit.script(model).save(str(path))
     report = inspect(path)
-    assert [t["name"] for t in report["tensors"]] == ["fc.weight", "fc.bias"]
-    left = [s for s in report["storages"]["storages"] if s["status"] == "left out"]
+    assert [t["name"] for t in report.tensors] == ["fc.weight", "fc.bias"]
+    left = [s for s in report.storages["storages"] if s["status"] == "left out"]
     assert {s["where"] for s in left} == {"frames.0", "frames.1", "frames.2", "hidden"}
     assert all("runtime attribute of a scripted module" in s["reason"] for s in left)
-    assert "UNEXPLAINED" not in report["storages"]["summary"]
+    assert "UNEXPLAINED" not in report.storages["summary"]

@@ -36,6 +36,11 @@ class FileResult:
     output_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the fields that are set."""
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
@@ -94,6 +99,11 @@ class MigrateReport:
         return 1 if "failed" in statuses else 0
 
     def to_json(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the ``--report``/``--json`` document): counts, bytes, time and every file."""
         return {
             "src": self.src,
             "dst": self.dst,
@@ -109,5 +119,5 @@ class MigrateReport:
             "seconds": round(self.seconds, 4),
             "manifest": self.manifest,
             "cleaned_temporaries": self.cleaned,
-            "files": [entry.to_json() for entry in self.files],
+            "files": [entry.to_dict() for entry in self.files],
         }

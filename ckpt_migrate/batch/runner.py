@@ -249,7 +249,7 @@ def migrate(
             _execute(items, src, dst, manifest, runner, progress or Silent(), outcome, key, options, fsync)
     outcome.seconds = time.perf_counter() - started
     if report:
-        _write_report(report, outcome.to_json())
+        _write_report(report, outcome.to_dict())
     return outcome
 
 

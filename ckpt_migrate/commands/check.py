@@ -73,7 +73,7 @@ def command(src: str, target_spec: str, arch_kwargs: str | None, schemas: tuple[
                    allow_calls=allow_calls, strict=strict)
     failed = result.failed
     if as_json:
-        emit_json(result.to_json())
+        emit_json(result.to_dict())
     else:
         _render(console(), result)
     label = result.target["target"]

@@ -15,9 +15,10 @@ from ckpt_migrate.commands.common import console, convert_flags, convert_options
 @click.argument("src")
 @click.argument("dst")
 @convert_flags("convert", "read", "calls", "transform", "onnx", "write")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display (it is shown only on a terminal, never with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
-def command(src: str, dst: str, as_json: bool, **params: Any) -> None:
+def command(src: str, dst: str, quiet: bool, as_json: bool, **params: Any) -> None:
     """Convert SRC to DST without executing anything from SRC, then verify DST.
 
     The output is written under a temporary name and renamed into place only after it reads back
@@ -26,11 +27,13 @@ def command(src: str, dst: str, as_json: bool, **params: Any) -> None:
     from rich.markup import escape
 
     from ckpt_migrate.api import convert
+    from ckpt_migrate.commands.progress import progress_display
 
     options = convert_options_from(params)
-    result = convert(src, dst, options)
+    with progress_display(quiet=quiet, as_json=as_json) as progress:
+        result = convert(src, dst, options, progress=progress)
     if as_json:
-        emit_json(result.to_json())
+        emit_json(result.to_dict())
         return
     out = console()
     check = "verified bit-exact" if result.report.verified else "NOT verified (--no-verify)"

@@ -74,7 +74,7 @@ def command(a: str, b: str, select: str | None, fail_on_difference: bool, allow_
 
     report = diff(a, b, select=select, allow_calls=allow_calls)
     if as_json:
-        emit_json(report.to_json())
+        emit_json(report.to_dict())
     else:
         _render(console(), report)
     sys.exit(1 if fail_on_difference and not report.identical else 0)

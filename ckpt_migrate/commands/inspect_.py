@@ -43,6 +43,25 @@ def render_deepspeed(out: Any, info: dict) -> None:
         out.print(f"  kept from the module (DeepSpeed records no master copy): {escape(', '.join(info['kept_from_module']))}")
 
 
+def render_account(out: Any, storages: dict) -> None:
+    """The storage account in one or two lines: storages written, left out (by reason), unexplained."""
+    entries = storages.get("storages") or []
+    written = [e for e in entries if e.get("status") == "written"]
+    left = [e for e in entries if e.get("status") == "left out"]
+    unexplained = [e for e in entries if e.get("status") == "unexplained"]
+    out.print(f"  storages: {len(entries)}, {len(written)} written ({human_size(sum(e['bytes'] for e in written))})"
+              + (f", {len(unexplained)} [bold red]UNEXPLAINED[/bold red] ({human_size(sum(e['bytes'] for e in unexplained))})"
+                 if unexplained else ""))
+    if left:
+        reasons: dict[str, list[int]] = {}
+        for entry in left:
+            counted = reasons.setdefault(str(entry.get("reason")), [0, 0])
+            counted[0] += 1
+            counted[1] += entry["bytes"]
+        shown = "; ".join(f"{count} {escape(reason)} ({human_size(size)})" for reason, (count, size) in reasons.items())
+        out.print(f"  left out: {shown}")
+
+
 @click.command("inspect")
 @click.argument("src")
 @click.option("--select", metavar="KEY", help="Inspect the weights under this key of a bundle.")
@@ -52,9 +71,11 @@ def render_deepspeed(out: Any, info: dict) -> None:
 @click.option("--limit", default=40, show_default=True, help="Tensor rows to show (0: all).")
 @read_options
 @strict_calls_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress display (it is shown only on a terminal, never with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
-def command(src: str, select: str | None, ema: bool, weights: str, limit: int, allow_calls: tuple[str, ...], strict_calls: bool, as_json: bool) -> None:
+def command(src: str, select: str | None, ema: bool, weights: str, limit: int, allow_calls: tuple[str, ...], strict_calls: bool,
+            quiet: bool, as_json: bool) -> None:
     """Show what SRC holds, without executing anything from it.
 
     Exits 3 when the file is unsafe as ``scan`` says (a known gadget; with --strict-calls also an
@@ -64,31 +85,36 @@ def command(src: str, select: str | None, ema: bool, weights: str, limit: int, a
     from rich.table import Table
 
     from ckpt_migrate.api import inspect
+    from ckpt_migrate.commands.progress import progress_display
 
-    report = inspect(src, allow_calls=allow_calls, select=select, ema=ema, strict_calls=strict_calls, weights=weights)
-    code = 3 if report["verdict"] == "unsafe" else 0
-    if report.get("warning") and not code:
+    with progress_display(quiet=quiet, as_json=as_json) as progress:
+        report = inspect(src, allow_calls=allow_calls, select=select, ema=ema, strict_calls=strict_calls, weights=weights,
+                         progress=progress)
+    code = 3 if report.refused else 0
+    if report.warning and not code:
         from ckpt_migrate.reports.inert import inert_text
 
-        click.echo(f"ckpt-migrate: warning: {inert_text(src)}: {inert_text(report['warning'])}", err=True)
+        click.echo(f"ckpt-migrate: warning: {inert_text(src)}: {inert_text(report.warning)}", err=True)
     if as_json:
-        emit_json(report)
+        emit_json(report.to_dict())
         sys.exit(code)
     out = console()
     out.print(f"[bold]{escape(src)}[/bold]")
-    out.print(f"  format: {report['format']}   kind: {report['kind']}   reader: {report['reader']}")
-    if report.get("selected"):
-        out.print(f"  weights from: {escape(', '.join(map(str, report['selected'])))}")
-    if report.get("classes"):
-        out.print(f"  classes: {escape(', '.join(report['classes'][:8]))}{' …' if len(report['classes']) > 8 else ''}")
-    deepspeed = (report.get("meta") or {}).get("deepspeed")
+    out.print(f"  format: {report.format}   kind: {report.kind}   reader: {report.reader}")
+    if report.selected:
+        out.print(f"  weights from: {escape(', '.join(map(str, report.selected)))}")
+    if report.classes:
+        out.print(f"  classes: {escape(', '.join(report.classes[:8]))}{' …' if len(report.classes) > 8 else ''}")
+    deepspeed = (report.meta or {}).get("deepspeed")
     if isinstance(deepspeed, dict):
         render_deepspeed(out, deepspeed)
-    if report.get("error"):
-        out.print(f"  [yellow]{escape(report['error'])}[/yellow]")
-    tensors = report.get("tensors", [])
+    if report.error:
+        out.print(f"  [yellow]{escape(report.error)}[/yellow]")
+    if report.storages is not None:
+        render_account(out, report.storages)
+    tensors = report.tensors
     if tensors:
-        out.print(f"  tensors: {len(tensors)}, {human_size(report.get('total_bytes', 0))}")
+        out.print(f"  tensors: {len(tensors)}, {human_size(report.total_bytes)}")
         table = Table(show_edge=False)
         for column in ("name", "dtype", "shape", "bytes"):
             table.add_column(column, justify="right" if column == "bytes" else "left")
@@ -97,19 +123,19 @@ def command(src: str, select: str | None, ema: bool, weights: str, limit: int, a
         out.print(table)
         if limit and len(tensors) > limit:
             out.print(f"  … {len(tensors) - limit} more (--limit 0 shows all)")
-    arch = report.get("architecture")
+    arch = report.architecture
     if isinstance(arch, dict) and arch.get("summary"):
         out.print(f"  architecture: {arch['summary']}")
-    if report.get("extras"):
+    if report.extras:
         out.print("  extras:")
-        for key, value in report["extras"].items():
+        for key, value in report.extras.items():
             text = str(value)
             out.print(f"    {key}: {text[:100]}{'…' if len(text) > 100 else ''}", markup=False)
-    if report["globals"]:
-        render_globals(out, report["globals"])
+    if report.globals:
+        render_globals(out, report.globals)
     if code:
         from ckpt_migrate.reports.inert import inert_text
 
-        names = ", ".join(g["name"] for g in report["globals"] if g["verdict"] == "refused")
+        names = ", ".join(g["name"] for g in report.globals if g["verdict"] == "refused")
         click.echo(f"ckpt-migrate: error: {inert_text(src)}: refused: names {inert_text(names)}", err=True)
     sys.exit(code)

@@ -80,7 +80,7 @@ def command(paths: tuple[str, ...], allow_calls: tuple[str, ...], strict_calls: 
 
     report = scan(paths, allow_calls=allow_calls, strict_calls=strict_calls)
     if as_json:
-        emit_json(report.to_json())
+        emit_json(report.to_dict())
     else:
         render(console(), report)
     for found in report.files:

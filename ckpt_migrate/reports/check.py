@@ -46,6 +46,10 @@ class CheckReport:
         return not self.matched
 
     def to_json(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with counts and every key list."""
         return {
             "ok": self.ok,
@@ -104,10 +108,14 @@ class WarmStartCheck:
         return [f"{len(items)} {label}" for label, items in kinds if items]
 
     def to_json(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
         """One JSON-ready document: source, target summary, schemas, warnings, hints and the key report."""
         return {"source": self.source, **self.target, "schemas": list(self.schemas), "warnings": list(self.warnings),
                 "suggestions": list(self.suggestions), "strict": self.strict, "exit_code": int(self.failed),
-                **self.report.to_json()}
+                **self.report.to_dict()}
 
 
 def check(src: str | Any, target: Any, *, schemas: Sequence[str] = (), arch_kwargs: Mapping[str, Any] | None = None,

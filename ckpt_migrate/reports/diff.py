@@ -48,6 +48,10 @@ class TensorDifference:
         return self.dtype_a == self.dtype_b and self.shape_a == self.shape_b and self.max_abs_diff == 0
 
     def to_json(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; a non-finite difference is written as a string (``"nan"``, ``"inf"``)."""
         diff = self.max_abs_diff
         return {"key": self.key, "dtype": [self.dtype_a, self.dtype_b], "shape": [listed(self.shape_a), listed(self.shape_b)],
@@ -97,6 +101,10 @@ class DiffReport:
         return float("nan") if any(math.isnan(v) for v in values) else max(values)
 
     def to_json(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: summary counts, key lists and the per-key comparisons that differ."""
         overall = self.max_abs_diff
         return {
@@ -109,9 +117,9 @@ class DiffReport:
             "only_a": list(self.only_a),
             "only_b": list(self.only_b),
             "renamed": [{"a": x, "b": y} for x, y in self.renamed],
-            "dtype_changes": [d.to_json() for d in self.dtype_changes],
-            "shape_changes": [d.to_json() for d in self.shape_changes],
-            "value_changes": [d.to_json() for d in self.value_changes],
+            "dtype_changes": [d.to_dict() for d in self.dtype_changes],
+            "shape_changes": [d.to_dict() for d in self.shape_changes],
+            "value_changes": [d.to_dict() for d in self.value_changes],
             "max_abs_diff": overall if overall is None or math.isfinite(overall) else str(overall),
             "formats": list(self.formats),
         }

@@ -61,6 +61,11 @@ class FileScan:
         return out
 
     def to_json(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: verdict, message, refused and unknown calls, counts, every global and notes."""
         return {"path": self.path, "format": self.format, "verdict": self.verdict, "message": self.message,
                 "error": self.error, "refused": [g.name for g in self.refused],
                 "unknown_calls": [g.name for g in self.unknown_calls], "counts": self.counts(),
@@ -89,7 +94,12 @@ class ScanReport:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"files": [f.to_json() for f in self.files], "summary": self.summary(), "exit_code": self.exit_code}
+        """The same as :meth:`to_dict` (the older name)."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the document ``scan --json`` prints): every file, the summary and the exit code."""
+        return {"files": [f.to_dict() for f in self.files], "summary": self.summary(), "exit_code": self.exit_code}
 
 
 def scan(paths: str | os.PathLike | Iterable[str | os.PathLike], allow_calls: Iterable[str] = (),

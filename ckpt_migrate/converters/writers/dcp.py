@@ -75,17 +75,22 @@ class DcpWriter(Writer):
         from ckpt_migrate.bundle.optimizer_names import name_payload_optimizer
 
         payload, state = build_payload(checkpoint)
+        from ckpt_migrate.reports.progress import phase
+
+        label = os.path.basename(os.path.normpath(dst))
         payload, optimizer_note = name_payload_optimizer(payload, state.optimizer_params)
-        data = _contiguous_copies(materialize_payload(payload, checkpoint))
+        with phase(f"materializing {len(checkpoint.tensors)} tensors", None):
+            data = _contiguous_copies(materialize_payload(payload, checkpoint))
         if any(t.is_quantized for _, t in walk_tensors(data)):
             raise UnsupportedFormatError("DCP cannot store quantized tensors; use --to normalized or --to safetensors")
         source = checkpoint.meta.get("source", dst)
         with atomic_path(dst, options.force) as tmp:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), phase(f"saving {label}", None):
                 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
                 dcp.save(data, storage_writer=dcp.FileSystemWriter(tmp), no_dist=True)
             if options.verify:
-                verify_dcp(tmp, data, source)
+                with phase(f"verifying {label}", None):
+                    verify_dcp(tmp, data, source)
         files = sorted(os.listdir(dst))
         size = sum(os.path.getsize(os.path.join(dst, name)) for name in files)
         details = {"files": files, "keys": list(data), **({"optimizer": optimizer_note} if optimizer_note else {})}

@@ -265,13 +265,19 @@ class NormalizedWriter(Writer):
     def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:
         import torch
 
+        from ckpt_migrate.reports.progress import phase
+
+        label = os.path.basename(dst)
         payload, state = build_payload(checkpoint)
-        data = materialize_payload(payload, checkpoint)
+        with phase(f"materializing {len(checkpoint.tensors)} tensors", None):
+            data = materialize_payload(payload, checkpoint)
         source = checkpoint.meta.get("source", dst)
         with atomic_path(dst, options.force) as tmp:
-            torch.save(data, tmp)
+            with phase(f"saving {label}", None):
+                torch.save(data, tmp)
             if options.verify:
-                verify_normalized(tmp, data, source)
+                with phase(f"verifying {label}", None):
+                    verify_normalized(tmp, data, source)
         tensors = list(walk_tensors(data))
         details = {key: data["meta"][key] for key in ("stripped_prefixes", "converted", "unrepresentable", "taken_from") if key in data["meta"]}
         details["keys"] = list(data)

@@ -23,6 +23,7 @@ from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError, UsageE
 from ckpt_migrate.model.provenance import source_label
 from ckpt_migrate.converters.base import WriteReport, Writer
 from ckpt_migrate.options import ConvertOptions
+from ckpt_migrate.reports.progress import phase
 
 DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2}
 VERIFY_SEED = 0
@@ -347,28 +348,34 @@ class OnnxWriter(Writer):
         settings = ExportSettings.from_options(options)
         require_onnx()
         precision = precision_of(checkpoint)
-        rebuilt = rebuild_checkpoint(checkpoint, arch=settings.arch, arch_kwargs=settings.arch_kwargs,
-                                     trust_modules=settings.trust_modules)
-        if precision == "fp16":
-            rebuilt.model.half()
-        plan = self.plan(rebuilt, settings, precision)
+        label = os.path.basename(dst)
+        with phase("rebuilding the architecture", None):
+            rebuilt = rebuild_checkpoint(checkpoint, arch=settings.arch, arch_kwargs=settings.arch_kwargs,
+                                         trust_modules=settings.trust_modules)
+            if precision == "fp16":
+                rebuilt.model.half()
+            plan = self.plan(rebuilt, settings, precision)
         atol = settings.atol if settings.atol is not None else DEFAULT_ATOL[precision]
         shape = tuple(plan.inputs[0].shape)
         diffs: dict[str, float] = {}
         scale = 0.0
         with atomic_path(dst, options.force) as tmp:
-            exporter, fallbacks = export(plan, tmp, settings.exporter, settings.opset)
-            add_metadata(tmp, self.provenance(checkpoint, rebuilt, exporter))
+            with phase(f"exporting {label}", None):
+                exporter, fallbacks = export(plan, tmp, settings.exporter, settings.opset)
+                add_metadata(tmp, self.provenance(checkpoint, rebuilt, exporter))
             if options.verify:
-                check_file(tmp)
+                with phase(f"checking {label} with onnx.checker", None):
+                    check_file(tmp)
                 batches = [shape[0]] + ([shape[0] + 1] if plan.dynamic else [])
                 unit = rebuilt.family in ("detection", "optical_flow")
-                session = open_session(tmp)
-                for batch in batches:
-                    inputs = make_inputs((batch, *shape[1:]), len(plan.inputs), precision == "fp16", unit)
-                    diffs[str(batch)], largest = run_both(plan, session, inputs)
-                    scale = max(scale, largest)
-                del session
+                with phase(f"validating {label} with onnxruntime", len(batches), "batches") as step:
+                    session = open_session(tmp)
+                    for batch in batches:
+                        inputs = make_inputs((batch, *shape[1:]), len(plan.inputs), precision == "fp16", unit)
+                        diffs[str(batch)], largest = run_both(plan, session, inputs)
+                        scale = max(scale, largest)
+                        step.advance()
+                    del session
                 worst = max(diffs.values())
                 if not worst <= atol:
                     raise VerificationError(

@@ -90,12 +90,13 @@ def verify_file(path: str, expected: dict[str, Any], source: str) -> None:
 
 
 def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str], *, verify: bool, source: str,
-                  stream: bool | None = None, digest: "SourceDigest | None" = None) -> dict[str, Any]:
+                  stream: bool | None = None, digest: "SourceDigest | None" = None, label: str | None = None) -> dict[str, Any]:
     """Write ``tensors`` as one safetensors file at ``path`` (not atomic: the caller owns the temporary name).
 
     Streams byte ranges without torch when that is exact (see :mod:`.stream`), else materializes
     with torch; ``stream=False`` forces torch, ``stream=True`` forbids the fallback. A one-pass
-    ``digest`` is fed the source bytes as the stream copies them. Returns how it was written:
+    ``digest`` is fed the source bytes as the stream copies them. Progress phases are named after
+    ``label`` (default: the file name of ``path``). Returns how it was written:
     ``{"path": "stream"}`` or ``{"path": "general", "fallback": reason}``.
 
     Raises:
@@ -105,11 +106,16 @@ def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str
     """
     from ckpt_migrate.converters.writers.safetensors.stream import CannotStream, plan_stream, write_stream
 
+    from ckpt_migrate.reports.progress import phase
+
+    label = label or os.path.basename(path)
     reason = "streaming disabled"
     if stream is not False:
         try:
-            write_stream(plan_stream(tensors, metadata), path, verify_source=source if verify else None,
-                         hasher=digest.feed if digest is not None else None)
+            plan = plan_stream(tensors, metadata)
+            with phase(f"writing {label}", plan.size - plan.data_start) as step:
+                write_stream(plan, path, verify_source=source if verify else None,
+                             hasher=digest.feed if digest is not None else None, on_piece=step.advance)
             return {"path": "stream"}
         except CannotStream as why:
             if stream:
@@ -120,10 +126,13 @@ def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str
 
     from ckpt_migrate.model.materialize import materialize_all
 
-    materialized = {name: tensor.contiguous().clone() for name, tensor in materialize_all(tensors).items()}
-    save_file(materialized, path, metadata=metadata)
+    with phase(f"materializing {len(tensors)} tensors", None):
+        materialized = {name: tensor.contiguous().clone() for name, tensor in materialize_all(tensors).items()}
+    with phase(f"writing {label}", None):
+        save_file(materialized, path, metadata=metadata)
     if verify:
-        verify_file(path, materialized, source)
+        with phase(f"verifying {label}", None):
+            verify_file(path, materialized, source)
     return {"path": "general", "fallback": reason}
 
 
@@ -287,7 +296,7 @@ class SafetensorsWriter(Writer):
         try:
             with atomic_path(dst, options.force) as tmp:
                 details = write_tensors(checkpoint.tensors, tmp, metadata, verify=options.verify, source=source,
-                                        stream=options.stream, digest=digest)
+                                        stream=options.stream, digest=digest, label=os.path.basename(dst))
                 digest.finish([tmp], source)
         finally:
             digest.close()
