@@ -58,6 +58,7 @@ class ConvertOptions:
     verify: bool = field(default=True, metadata=_flag("write", "--no-verify", "Skip reading the output back (not recommended).", is_flag=True, negate=True))
     source_hash: bool = field(default=True, metadata=_flag("write", "--no-source-hash", "safetensors: do not record the source's sha256 in the metadata.", is_flag=True, negate=True))
     force: bool = field(default=False, metadata=_flag("write", "--force", "Overwrite an existing output.", is_flag=True))
+    output_limit: bool = field(default=True, metadata=_flag("write", "--no-output-limit", "Allow an output larger than 4x the source's tensor bytes + 1 GiB (views or tied names written many times over).", is_flag=True, negate=True))
     stream: bool | None = None
     hf_layout: bool = False
 
@@ -118,7 +119,7 @@ class ConvertOptions:
 
         ``migrate`` digests this to decide whether an earlier output was made with the same options.
         """
-        skip = {"verify", "force", "stream"}
+        skip = {"verify", "force", "stream", "output_limit"}
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
 
 

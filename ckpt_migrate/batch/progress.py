@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Protocol
 
+from ckpt_migrate.reports.inert import inert_console, inert_text
 from ckpt_migrate.reports.units import human_size
 
 STATUS_LABEL = {"done": "converted", "failed": "FAILED", "refused": "REFUSED"}
@@ -57,9 +58,9 @@ class PlainLines:
         label = STATUS_LABEL.get(result.get("status", ""), result.get("status", ""))
         if result.get("status") == "done":
             label = ROLE_LABEL.get(result.get("role", ""), label)
-            text = f"{result['source']} → {result.get('output')} ({result.get('seconds', 0):.2f} s)"
+            text = f"{inert_text(result['source'])} → {inert_text(result.get('output'))} ({result.get('seconds', 0):.2f} s)"
         else:
-            text = result.get("error") or result["source"]
+            text = inert_text(result.get("error") or result["source"])
         print(f"[{self.done:>{width}}/{self.total}] {label:<9} {text}", file=self.stream, flush=True)
 
     def close(self) -> None:
@@ -70,11 +71,10 @@ class RichBar:
     """A rich progress bar on a terminal: files and bytes done, rate, ETA; failures printed above it."""
 
     def __init__(self, console: Any = None) -> None:
-        from rich.console import Console
         from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn,
                                    TransferSpeedColumn)
 
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or inert_console(stderr=True, highlight=False)
         self.progress = Progress(
             SpinnerColumn(), TextColumn("[bold]migrating"), BarColumn(), TextColumn("{task.fields[done]}/{task.fields[files]} files"),
             DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
@@ -91,7 +91,8 @@ class RichBar:
         self.progress.update(self.task, advance=size, done=self.done)
         if result.get("status") != "done":
             label = STATUS_LABEL.get(result.get("status", ""), "")
-            self.progress.console.print(f"[red]{label}[/red] {result.get('error')}", markup=True, highlight=False, soft_wrap=True)
+            error = inert_text(result.get("error") or result.get("source"), markup=True)
+            self.progress.console.print(f"[red]{label}[/red] {error}", markup=True, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.task is not None:
@@ -103,9 +104,7 @@ def reporter_for(console: Any = None, quiet: bool = False) -> Reporter:
     """A rich bar when stderr is a terminal, plain lines otherwise, nothing when ``quiet``."""
     if quiet:
         return Silent()
-    from rich.console import Console
-
-    console = console or Console(stderr=True, highlight=False)
+    console = console or inert_console(stderr=True, highlight=False)
     return RichBar(console) if console.is_terminal else PlainLines()
 
 
@@ -126,7 +125,7 @@ def render_plan(report: Any, console: Any) -> None:
         for column in ("source", "format", "kind", "destination", "action", "note"):
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(inert_text(cell, markup=True) for cell in row))
         console.print(table)
     else:
         console.print(title, markup=False, highlight=False, soft_wrap=True)
@@ -143,7 +142,8 @@ def render_summary(report: Any, console: Any) -> None:
 
     workers = "in-process" if report.executor == "inline" else f"{report.jobs} worker{'s' if report.jobs != 1 else ''}" \
         if report.executor == "local" else "Ray"
-    console.print(f"migrated {report.src} → {report.dst} as {report.to} in {report.seconds:.2f} s ({workers})")
+    console.print(f"migrated {inert_text(report.src)} → {inert_text(report.dst)} as {inert_text(report.to)} in {report.seconds:.2f} s ({workers})",
+                  markup=False, highlight=False, soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("status")
     table.add_column("files", justify="right")

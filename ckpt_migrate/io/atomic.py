@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -11,13 +12,83 @@ from typing import Iterator
 from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, WriteFailedError
 
 TEMP_MARKER = ".ckpt-migrate-tmp-"
+MAX_NAME_BYTES = 255
 _TORCH_WRITE_FAILURES = ("file write failed", "PytorchStreamWriter", "inline_container")
 
 
+def temp_stem(name: str, room: int = 40) -> str:
+    """The start of every temporary name for the final name ``name``: ``.NAME`` + :data:`TEMP_MARKER`.
+
+    A name too long to take the suffix (a legal 248-byte file name) is cut and made unique again
+    with a digest of the whole name, so the temporary name fits the folder's name limit too.
+
+    Args:
+        name: the destination's base name.
+        room: bytes kept free after the stem for the process id and a random part.
+
+    Returns:
+        The stem, at most ``MAX_NAME_BYTES - room`` bytes long in UTF-8 (for any ``name``).
+    """
+    stem = f".{name}{TEMP_MARKER}"
+    if len(stem.encode("utf-8", "surrogateescape")) + room <= MAX_NAME_BYTES:
+        return stem
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    budget = MAX_NAME_BYTES - room - len(TEMP_MARKER) - len(digest) - 2
+    cut = name.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
+    return f".{cut}~{digest}{TEMP_MARKER}"
+
+
 def temp_name(dst: str) -> str:
-    """A unique temporary path beside ``dst`` (same folder, so the final rename is atomic)."""
+    """A unique temporary path beside ``dst`` (same folder, so the final rename is atomic).
+
+    The name is ``<stem><pid>-<random>`` (see :func:`temp_stem`); it fits any legal file name.
+    """
     folder, name = os.path.split(os.path.abspath(dst))
-    return os.path.join(folder, f".{name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return os.path.join(folder, f"{temp_stem(name)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temporaries(dst: str) -> list[str]:
+    """Remove temporaries of ``dst`` left by runs that were killed (their process no longer exists).
+
+    Only names built by :func:`temp_name` for this very destination are considered, and only
+    those whose process id is not a live process on this machine; a live run's temporary stays.
+
+    Args:
+        dst: the destination path.
+
+    Returns:
+        The paths removed.
+    """
+    folder, name = os.path.split(os.path.abspath(dst))
+    stem = temp_stem(name)
+    removed: list[str] = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(stem):
+            continue
+        pid_text = entry[len(stem):].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        path = os.path.join(folder, entry)
+        remove_quietly(path)
+        if not os.path.lexists(path):
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def check_destination(dst: str, force: bool) -> None:
@@ -58,6 +129,7 @@ def atomic_path(dst: str, force: bool = False) -> Iterator[str]:
     """
     check_destination(dst, force)
     check_folder(dst)
+    remove_stale_temporaries(dst)
     tmp = temp_name(dst)
     try:
         yield tmp

@@ -137,8 +137,6 @@ class LegacyParse:
         if type(version) is not int or version != PROTOCOL_VERSION:
             raise CorruptFileError(f"legacy protocol version {version!r:.80}, expected {PROTOCOL_VERSION}", path=self.name)
         sys_info, pos = self._pickle(pos)
-        if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
-            self.byteorder = "big"
         root, pos = self._pickle(pos, self._persistent_load)
         keys, pos = self._pickle(pos)
         if not isinstance(keys, list):
