@@ -16,6 +16,7 @@ from ckpt_migrate.bundle.extract import Extraction, extract
 from ckpt_migrate.converters.readers.deepspeed import refuse_partitioned_rank
 from ckpt_migrate.bundle.plain import to_plain
 from ckpt_migrate.io.source import Source
+from ckpt_migrate.transforms.output_bound import check_output_size
 from ckpt_migrate.options import ConvertOptions
 from ckpt_migrate.model.provenance import TOOL_LABEL
 from ckpt_migrate.unpickler import DEFAULT_LIMITS, Limits
@@ -250,6 +251,8 @@ def _convert(src: str, dst: str, options: ConvertOptions) -> ConvertResult:
                       strict_calls=options.strict_calls, weights=options.weights)
     checkpoint = prepare(checkpoint, options)
     check_nothing_lost(checkpoint, writer_name, src)
+    check_output_size(checkpoint, with_extras=writer_name in ("normalized", "dcp"), limit=options.output_limit,
+                      shares_storage=writer_name == "normalized" or (writer_name == "safetensors" and options.dedupe_shared))
     try:
         report = writer.write(checkpoint, dst, options)
     except CkptMigrateError as error:

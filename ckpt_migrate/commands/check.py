@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ckpt_migrate.reports.inert import inert_text
 from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options
 
 _SHOW = 20
@@ -80,7 +81,7 @@ def command(src: str, target_spec: str, arch_kwargs: str | None, schemas: tuple[
     if result.report.nothing_matched:
         fix = (f"try --schema {' or --schema '.join(result.suggestions)}" if result.suggestions else
                f"rename keys with --schema (`ckpt-migrate schema infer {src} --target {target_spec} -o FILE` writes one)")
-        click.echo(f"ckpt-migrate: error: {src}: no key matches {label}; {fix}", err=True)
+        click.echo(f"ckpt-migrate: error: {inert_text(f'{src}: no key matches {label}; {fix}')}", err=True)
     elif failed:
-        click.echo(f"ckpt-migrate: error: {src}: does not load strictly into {label}: {', '.join(result.problems())}", err=True)
+        click.echo(f"ckpt-migrate: error: {inert_text(f'{src}: does not load strictly into {label}: ' + ', '.join(result.problems()))}", err=True)
     sys.exit(1 if failed else 0)
