@@ -5,7 +5,8 @@ generated once with a fixed seed, then converted to safetensors by:
 
 - ``cp -r``                      the floor: copying the bytes, nothing else;
 - naive loop                     ``for f: torch.load(f, weights_only=True); save_file(...)`` (no verification);
-- ``migrate --jobs 1`` / ``2``   the safe interpreter, verified outputs, manifest, worker processes.
+- ``migrate --jobs 1`` / ``2``   the safe interpreter, verified outputs, manifest, worker processes;
+- rerun                          ``migrate --jobs 2`` again over the finished tree (everything up to date).
 
 Run: ``python bench/bench_migrate.py [--small 200] [--large 4] [--large-mb 64] [--dir DIR]``.
 """
@@ -54,11 +55,11 @@ def naive(src: Path, dst: Path) -> None:
         save_file({k: v.contiguous() for k, v in state.items()}, str(target))
 
 
-def with_migrate(src: Path, dst: Path, jobs: int) -> None:
+def with_migrate(src: Path, dst: Path, jobs: int, fresh: bool = True) -> None:
     from ckpt_migrate.batch import migrate
 
     report = migrate(src, dst, to="safetensors", jobs=jobs)
-    if report.exit_code or report.counts["converted"] == 0:
+    if report.exit_code or (report.counts["converted"] == 0) == fresh:
         raise SystemExit(f"migrate failed: {report.counts}")
 
 
@@ -83,18 +84,25 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")
     runs = [("cp -r", lambda d: with_cp(src, d)), ("naive torch.load + save_file", lambda d: naive(src, d)),
             ("migrate --jobs 1", lambda d: with_migrate(src, d, 1)), ("migrate --jobs 2", lambda d: with_migrate(src, d, 2))]
+    runs.append(("migrate --jobs 2, rerun (up to date)", lambda d: with_migrate(src, d, 2, fresh=False)))
     rows = []
     for name, run in runs:
         dst = work / "dst"
-        shutil.rmtree(dst, ignore_errors=True)
+        if "rerun" not in name:
+            shutil.rmtree(dst, ignore_errors=True)
         started = time.perf_counter()
         run(dst)
         seconds = time.perf_counter() - started
         rows.append((name, seconds, files / seconds, total / seconds / 1e6))
-        shutil.rmtree(dst, ignore_errors=True)
+        if "--jobs 2" not in name:
+            shutil.rmtree(dst, ignore_errors=True)
+    shutil.rmtree(work / "dst", ignore_errors=True)
     print(f"{'method':<30} {'seconds':>8} {'files/s':>9} {'MB/s':>8}")
     for name, seconds, rate, mbps in rows:
         print(f"{name:<30} {seconds:>8.2f} {rate:>9.1f} {mbps:>8.1f}")
+    by_name = {name: seconds for name, seconds, _, _ in rows}
+    print(f"--jobs 2 speed-up over --jobs 1: {by_name['migrate --jobs 1'] / by_name['migrate --jobs 2']:.2f}x; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -30,6 +30,17 @@ from ckpt_migrate.options import ConvertOptions
 from conftest import run_cli
 
 
+@pytest.fixture(autouse=True, params=["inline", "threaded"])
+def pipeline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: small outputs verify and hash on the writing thread; big ones on threads of their own (forced here)."""
+    if request.param == "threaded":
+        import ckpt_migrate.io.hashing as hashing
+
+        monkeypatch.setattr(stream, "THREAD_MIN_BYTES", 0)
+        monkeypatch.setattr(hashing, "THREAD_MIN_BYTES", 0)
+    return request.param
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -159,7 +170,7 @@ def test_sharded_output_hashes_in_one_pass(tmp_path: Path, monkeypatch: pytest.M
     assert all(torch.equal(found[name], tensor) for name, tensor in state.items())
 
 
-def test_corrupted_write_is_caught_by_both_paths_and_no_output_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupted_write_is_caught_by_both_paths_and_no_output_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pipeline: str) -> None:
     src = save(tmp_path, "zip")
     checkpoint = api.load(str(src), hash_source=False)
     plan = stream.plan_stream(checkpoint.tensors, {})
@@ -174,6 +185,7 @@ def test_corrupted_write_is_caught_by_both_paths_and_no_output_is_left(tmp_path:
 
     monkeypatch.setattr(stream, "_pwrite_all", flipping)
     hasher = HashThread(SequentialSha256(str(src)))
+    assert (hasher._thread is not None) == (pipeline == "threaded")
     with pytest.raises(VerificationError, match="tensor 'tail.bias'"):
         stream.write_stream(plan, str(tmp_path / "one.safetensors"), verify_source=str(src), hasher=hasher)
     hasher.close()

@@ -17,6 +17,7 @@ import threading
 from typing import Any, BinaryIO, Callable, Iterable
 
 CHUNK = 1 << 22
+THREAD_MIN_BYTES = 8 << 20
 
 
 def stream_sha256(handle: BinaryIO) -> str:
@@ -130,27 +131,34 @@ class HashThread:
 
     ``hashlib`` releases the GIL while it hashes a large buffer. :meth:`submit` hands over a piece
     and a ``release`` callback that runs once the piece is hashed (the buffer may then be reused);
-    at most ``depth`` pieces wait at a time, so memory stays bounded.
+    at most ``depth`` pieces wait at a time, so memory stays bounded. A file smaller than
+    :data:`THREAD_MIN_BYTES` is hashed on the caller's thread instead (``threaded=False``): for a
+    small file, handing pieces between threads costs more than the hash.
     """
 
-    def __init__(self, digest: SequentialSha256, depth: int = 16) -> None:
+    def __init__(self, digest: SequentialSha256, depth: int = 16, threaded: bool | None = None) -> None:
         self.digest = digest
         self.failure: BaseException | None = None
         self._queue: "queue.Queue[tuple[int, Any, Callable[[], None] | None] | None]" = queue.Queue(depth)
-        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="ckpt-migrate-sha256", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._open = True
+        if threaded if threaded is not None else digest.size >= THREAD_MIN_BYTES:
+            self._thread = threading.Thread(target=self._run, name="ckpt-migrate-sha256", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            offset, data, release = item
-            try:
-                if self.failure is None:
-                    self.digest.update(offset, data)
-            except BaseException as error:  # noqa: BLE001 - re-raised by result()
-                self.failure = error
-            finally:
-                if release is not None:
-                    release()
+            self._update(*item)
+
+    def _update(self, offset: int, data: Any, release: "Callable[[], None] | None") -> None:
+        try:
+            if self.failure is None:
+                self.digest.update(offset, data)
+        except BaseException as error:  # noqa: BLE001 - re-raised by result()
+            self.failure = error
+        finally:
+            if release is not None:
+                release()
 
     def holds(self, fd: int) -> bool:
         """True when ``fd`` is the file being hashed."""
@@ -158,13 +166,16 @@ class HashThread:
 
     def submit(self, offset: int, data: Any, release: "Callable[[], None] | None" = None) -> None:
         """Queue ``data`` (the file's bytes from ``offset``) for hashing; ``release`` runs once it is hashed."""
-        if self._thread is None or self.failure is not None:
+        if not self._open or self.failure is not None:
             if release is not None:
                 release()
-            return
-        self._queue.put((offset, data, release))
+        elif self._thread is None:
+            self._update(offset, data, release)
+        else:
+            self._queue.put((offset, data, release))
 
     def _stop(self) -> None:
+        self._open = False
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()

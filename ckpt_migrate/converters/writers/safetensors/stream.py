@@ -40,6 +40,7 @@ CHUNK_BYTES = 8 << 20
 WINDOW_BYTES = 32 << 20
 COPY_BUFFER_BYTES = 1 << 20
 PIPELINE_BUFFERS = 8
+THREAD_MIN_BYTES = 8 << 20
 FEED_WINDOWS = 2
 KERNEL_COPY_MAX = 1 << 30
 PAGE = mmap.PAGESIZE
@@ -415,34 +416,41 @@ class _Output:
     next pieces, and every source byte is read once, into user space, for all three uses.
     """
 
-    def __init__(self, fd: int, path: str, verify: bool, label: str, hasher: HashThread | None = None) -> None:
-        self.fd, self.path, self.label, self.hasher = fd, path, label, hasher
+    def __init__(self, fd: int, path: str, verify: bool, label: str, hasher: HashThread | None = None,
+                 size_hint: int = COPY_BUFFER_BYTES) -> None:
+        self.fd, self.path, self.label, self.hasher, self.verify = fd, path, label, hasher, verify
         self.free: "queue.SimpleQueue[bytearray]" = queue.SimpleQueue()
-        for _ in range(PIPELINE_BUFFERS if verify or hasher is not None else 1):
-            self.free.put(bytearray(COPY_BUFFER_BYTES))
+        self.buffer_bytes = min(COPY_BUFFER_BYTES, max(PAGE, -(-size_hint // PAGE) * PAGE))
+        self.limit = PIPELINE_BUFFERS if verify or hasher is not None else 1
+        self.made = 0
         self.windows = threading.Semaphore(FEED_WINDOWS)
         self.failure: BaseException | None = None
+        self.check: bytearray | None = None
         self.pending: "queue.SimpleQueue[tuple[Any, int, int | None, str, int | None, Any] | None] | None" = None
         self.checker: threading.Thread | None = None
-        if verify:
+        if verify and size_hint >= THREAD_MIN_BYTES:
             self.pending = queue.SimpleQueue()
             self.checker = threading.Thread(target=self._check_pieces, args=(self.pending,), name="ckpt-migrate-verify", daemon=True)
             self.checker.start()
 
     def _check_pieces(self, pending: "queue.SimpleQueue[tuple[Any, int, int | None, str, int | None, Any] | None]") -> None:
-        check = bytearray(COPY_BUFFER_BYTES)
+        check = bytearray(self.buffer_bytes)
         while (item := pending.get()) is not None:
-            buffer, count, position, name, hash_offset, release = item
-            try:
-                if self.failure is None and position is not None:
-                    _pread_into(self.fd, memoryview(check)[:count], position, self.path)
-                    if count < len(buffer):
-                        memoryview(check)[count:] = memoryview(buffer)[count:]
-                    if check != buffer:
-                        self.failure = VerificationError(f"tensor {name!r} read back from the output differs from the source", path=self.label)
-            except BaseException as error:  # noqa: BLE001 - handed to the writing thread
-                self.failure = error
-            self._hash(buffer, count, hash_offset, release)
+            self._process(item, check)
+
+    def _process(self, item: "tuple[Any, int, int | None, str, int | None, Any]", check: bytearray) -> None:
+        """Compare one written piece with its buffer (when it was written), then pass the buffer on to the hash."""
+        buffer, count, position, name, hash_offset, release = item
+        try:
+            if self.failure is None and position is not None:
+                _pread_into(self.fd, memoryview(check)[:count], position, self.path)
+                if count < len(buffer):
+                    memoryview(check)[count:] = memoryview(buffer)[count:]
+                if check != buffer:
+                    self.failure = VerificationError(f"tensor {name!r} read back from the output differs from the source", path=self.label)
+        except BaseException as error:  # noqa: BLE001 - handed to the writing thread
+            self.failure = error
+        self._hash(buffer, count, hash_offset, release)
 
     def _hash(self, buffer: Any, count: int, hash_offset: int | None, release: Any) -> None:
         if hash_offset is not None and self.hasher is not None:
@@ -451,19 +459,35 @@ class _Output:
             release()
 
     def _take(self) -> bytearray:
-        buffer = self.free.get()
+        try:
+            buffer = self.free.get_nowait()
+        except queue.Empty:
+            if self.made < self.limit:
+                self.made += 1
+                buffer = bytearray(self.buffer_bytes)
+            else:
+                buffer = self.free.get()
         if self.failure is not None:
             self.free.put(buffer)
             raise self.failure
         return buffer
 
+    def _dispatch(self, item: "tuple[Any, int, int | None, str, int | None, Any]") -> None:
+        if self.pending is not None:
+            self.pending.put(item)
+        elif self.verify:
+            if self.check is None:
+                self.check = bytearray(self.buffer_bytes)
+            self._process(item, self.check)
+            if self.failure is not None:
+                raise self.failure
+        else:
+            buffer, count, _, _, hash_offset, release = item
+            self._hash(buffer, count, hash_offset, release)
+
     def _send(self, buffer: bytearray, count: int, position: int, name: str, hash_offset: int | None = None) -> None:
         _pwrite_all(self.fd, memoryview(buffer)[:count], position)
-        release = functools.partial(self.free.put, buffer)
-        if self.pending is None:
-            self._hash(buffer, count, hash_offset, release)
-        else:
-            self.pending.put((buffer, count, position, name, hash_offset, release))
+        self._dispatch((buffer, count, position, name, hash_offset, functools.partial(self.free.put, buffer)))
 
     def feed(self, data: Any, offset: int) -> None:
         """Hand source bytes read elsewhere (a cast's window) to the hash, in order with the pieces before them.
@@ -471,10 +495,7 @@ class _Output:
         At most :data:`FEED_WINDOWS` such windows wait at a time, so memory stays bounded.
         """
         self.windows.acquire()
-        if self.pending is None:
-            self._hash(data, len(data), offset, self.windows.release)
-        else:
-            self.pending.put((data, len(data), None, "", offset, self.windows.release))
+        self._dispatch((data, len(data), None, "", offset, self.windows.release))
 
     def put(self, data: memoryview, position: int, name: str) -> None:
         """Write bytes held in memory at ``position`` (through the buffers when verifying).
@@ -482,11 +503,11 @@ class _Output:
         Raises:
             VerificationError: an earlier piece read back differently.
         """
-        if self.pending is None:
+        if not self.verify:
             _pwrite_all(self.fd, data, position)
             return
-        for done in range(0, len(data), COPY_BUFFER_BYTES):
-            count = min(len(data) - done, COPY_BUFFER_BYTES)
+        for done in range(0, len(data), self.buffer_bytes):
+            count = min(len(data) - done, self.buffer_bytes)
             buffer = self._take()
             memoryview(buffer)[:count] = data[done: done + count]
             self._send(buffer, count, position + done, name)
@@ -503,7 +524,7 @@ class _Output:
             CorruptFileError: the source ends early.
             VerificationError: an earlier piece read back differently.
         """
-        user_space = self.pending is not None or (hashed and self.hasher is not None)
+        user_space = self.verify or (hashed and self.hasher is not None)
         while length > 0:
             count = -1
             if not user_space and (src_offset - position) % PAGE == 0:
@@ -625,7 +646,7 @@ def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None, 
         VerificationError: the output differs from the plan or the sources.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
-    out = _Output(fd, path, verify_source is not None, verify_source or path, hasher)
+    out = _Output(fd, path, verify_source is not None, verify_source or path, hasher, plan.size)
     try:
         with _Files(hasher) as files:
             files.sink = out.feed
