@@ -87,6 +87,7 @@ def load(
         A :class:`~ckpt_migrate.model.checkpoint.Checkpoint` with lazy tensor references.
 
     Raises:
+        TypeError: an unknown keyword argument.
         UnsupportedFormatError: no reader recognises the file.
         UnsafeFileError: the file calls something outside the allowlist (exit 3).
         CorruptFileError: the file is malformed or truncated.

@@ -7,17 +7,28 @@ through a small callable, so the report logic imports no torch.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from ckpt_migrate.model.checkpoint import Checkpoint
 from ckpt_migrate.reports.check import Shape, listed
 
-def diff(a: str, b: str, *, select: str | None = None, allow_calls: Sequence[str] = ()) -> "DiffReport":
+def diff(a: str | os.PathLike, b: str | os.PathLike, *, select: str | None = None, allow_calls: Sequence[str] = ()) -> "DiffReport":
     """Compare the tensors of checkpoints ``a`` and ``b`` (any formats), one tensor pair in memory at a time.
 
+    Args:
+        a: the first checkpoint file or folder.
+        b: the second checkpoint file or folder.
+        select: the bundle key whose weights are compared, in both files.
+        allow_calls: calls accepted as inert records while reading.
+
+    Returns:
+        A :class:`DiffReport`: keys only in A or B, renamed pairs, dtype, shape and value changes.
+
     Raises:
-        CkptMigrateError: either file cannot be read (naming it).
+        TypeError: an unknown keyword argument.
+        CkptMigrateError: either file cannot be read (naming it); any subclass, exit code on the class.
     """
     from ckpt_migrate.api import load
 

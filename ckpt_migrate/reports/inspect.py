@@ -100,6 +100,7 @@ def inspect(src: str | os.PathLike, *, allow_calls: Iterable[str] = (), select: 
         An :class:`InspectReport`; ``to_dict()`` is the ``--json`` document.
 
     Raises:
+        TypeError: an unknown keyword argument.
         UnsupportedFormatError: no reader recognises the file.
         CorruptFileError: the file is malformed.
         LimitExceededError: the file asks for more work or memory than its budget.

@@ -116,6 +116,9 @@ def scan(paths: str | os.PathLike | Iterable[str | os.PathLike], allow_calls: It
 
     Returns:
         The report; its ``exit_code`` is what ``ckpt-migrate scan`` exits with.
+
+    Raises:
+        TypeError: an unknown keyword argument (a file that cannot be read is not raised: its verdict is ``error``).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
