@@ -104,6 +104,10 @@ def test_convert_accepts_a_bin_index_or_a_folder_of_shards(tmp_path: Path) -> No
         assert len(set(out_index["weight_map"].values())) == len(set(index["weight_map"].values()))
         (out / "config.json").write_bytes((src / "config.json").read_bytes())
         assert_loads_exactly(transformers.GPT2LMHeadModel, out, expected)
+    from ckpt_migrate.api import inspect
+
+    listed = inspect(src / "pytorch_model.bin.index.json")
+    assert listed.reader == "torch-bin-sharded" and {t["name"] for t in listed.tensors} == set(expected)
     shards_only = tmp_path / "shards_only"
     shards_only.mkdir()
     for name in set(index["weight_map"].values()):

@@ -131,7 +131,7 @@ def _read_shard(path: str, options: ReadOptions) -> tuple["OrderedDict[str, Tens
         raw = reader.read(source, options)
     except CkptMigrateError as error:
         raise error.with_path(path)
-    if options.collect_only:
+    if any(use.verdict == "refused" for use in raw.globals.values()):
         return OrderedDict(), raw
     tensors = raw.root if raw.tensors_only else extract(raw.root, fmt=raw.format).tensors
     return OrderedDict(tensors), raw
@@ -183,8 +183,6 @@ class BinShardsReader(Reader):
                 if name not in globals_ or use.verdict == "refused":
                     globals_[name] = use
             formats.append(raw.format)
-            if options.collect_only:
-                continue
             for name, ref in found.items():
                 if weight_map and weight_map.get(name) != filename:
                     raise CorruptFileError(f"shard {filename} holds {name!r}, which the index maps to {weight_map.get(name)!r}", path=index)
@@ -192,10 +190,10 @@ class BinShardsReader(Reader):
                     raise CorruptFileError(f"tensor {name!r} is in two shards", path=os.path.join(folder, filename))
                 tensors[name] = ref
             groups.append(list(found))
-        if not options.collect_only:
-            missing = [name for name in weight_map if name not in tensors]
-            if missing:
-                raise CorruptFileError(f"index lists {missing[0]!r} in {weight_map[missing[0]]}, which does not hold it", path=index)
+        refused = any(use.verdict == "refused" for use in globals_.values())
+        missing = [name for name in weight_map if name not in tensors]
+        if missing and not refused:
+            raise CorruptFileError(f"index lists {missing[0]!r} in {weight_map[missing[0]]}, which does not hold it", path=index)
         meta = {"index": index, "shards": shards, "index_metadata": index_metadata, "shard_groups": groups,
                 "shard_formats": sorted(set(formats)), "hf_prefix": hf_prefix(stem)}
         return RawRead(tensors, "torch-bin-sharded", globals_, meta, tensors_only=True)
