@@ -188,3 +188,46 @@ def test_trainer_folder_state_is_rewritten_weights_only_and_resumes_bit_exactly(
     numpy.random.set_state(saved["rng"]["numpy"])
     torch.random.set_rng_state(saved["rng"]["cpu"])
     assert draws[0] == random.random() and draws[1] == numpy.random.rand() and torch.equal(draws[2], torch.rand(1))
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors", "dcp"])
+def test_folder_members_linked_out_of_the_folder_are_never_read(tmp_path: Path, fmt: str) -> None:
+    import os
+
+    from ckpt_migrate.errors import CorruptFileError
+
+    src, outside = tmp_path / "model", tmp_path / "outside"
+    outside.mkdir()
+    if fmt == "bin":
+        _, index = hf.save_bin_shards(hf.gpt2(), src, max_shard_size=6000)
+        member, opened = sorted(set(index["weight_map"].values()))[0], src / "pytorch_model.bin.index.json"
+    elif fmt == "safetensors":
+        torch.save(hf.gpt2().state_dict(), tmp_path / "w.pt")
+        convert(tmp_path / "w.pt", src, max_shard_size="6000")
+        member, opened = sorted(p.name for p in src.glob("model-*.safetensors"))[0], src
+    else:
+        torch.save({"model_state_dict": hf.Net().state_dict()}, tmp_path / "w.pt")
+        convert(tmp_path / "w.pt", src, to="dcp")
+        member, opened = next(p.name for p in src.iterdir() if p.suffix == ".distcp"), src
+    (src / member).rename(outside / member)
+    os.symlink(outside / member, src / member)
+    with pytest.raises(CorruptFileError, match="link out of the folder"):
+        convert(opened, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_layout_roles_are_decided_by_folder_content() -> None:
+    from ckpt_migrate.batch.layout import assign_roles
+
+    rels = ["unet/config.json", "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.bin",
+            "plain/pytorch_model.bin", "run/optimizer.pt", "run/training_args.bin", "run/notes.txt", "optimizer.pt"]
+    checkpoints = {r for r in rels if r.endswith((".bin", ".pt"))}
+    roles = assign_roles(rels, checkpoints, to="safetensors", hf_layout=True, read_text=lambda rel: None)
+    assert roles["unet/diffusion_pytorch_model.bin"].destination == "unet/diffusion_pytorch_model.safetensors"
+    assert roles["unet/diffusion_pytorch_model.fp16.bin"].destination == "unet/diffusion_pytorch_model.fp16.safetensors"
+    assert roles["plain/pytorch_model.bin"].role == "convert", "no config.json: not a Hugging Face folder"
+    assert roles["run/optimizer.pt"].role == "state" and roles["run/training_args.bin"].destination == "run/training_args.json"
+    assert roles["optimizer.pt"].role == "convert", "outside a training folder an optimizer.pt is an ordinary checkpoint"
+    assert roles["run/notes.txt"].role == "copy" and roles["unet/config.json"].destination == "unet/config.json"
+    plain = assign_roles(rels, checkpoints, to="normalized", hf_layout=False, read_text=lambda rel: None)
+    assert plain["unet/diffusion_pytorch_model.bin"].role == "convert"

@@ -19,6 +19,7 @@ from typing import Any
 
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 from ckpt_migrate.errors import CkptMigrateError, CorruptFileError, NotMyFormat
+from ckpt_migrate.io.members import member_path
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.model.checkpoint import TensorRef
 
@@ -121,8 +122,7 @@ def _read_shard(path: str, options: ReadOptions) -> tuple["OrderedDict[str, Tens
     import ckpt_migrate.converters.registry as registry
     from ckpt_migrate.bundle.extract import extract
 
-    if os.path.islink(path) or not os.path.isfile(path):
-        raise CorruptFileError("shard listed in the index is missing (or is a link, which is not followed)", path=path)
+    path = member_path(os.path.dirname(path), os.path.basename(path), "shard listed in the index")
     source = Source(path)
     reader = registry.sniff(source)
     if reader.name in (BinShardsReader.name, "safetensors-sharded", "dcp"):

@@ -20,6 +20,7 @@ from ckpt_migrate.converters.filenames import DCP_METADATA
 from ckpt_migrate.model.layout import contiguous_strides
 from ckpt_migrate.model.checkpoint import ByteSource, StorageRef, TensorRef
 from ckpt_migrate.errors import CorruptFileError, NotMyFormat, UnsupportedFormatError
+from ckpt_migrate.io.members import member_path
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.unpickler.stubs import StubObject, TorchMarker
 from ckpt_migrate.unpickler.verdicts import GlobalVerdict, merge_uses
@@ -186,9 +187,7 @@ class DcpFolder:
             raise CorruptFileError(f"item {fqn!r} names file {relative!r}, which is not a file inside the folder", path=self.name)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, length)):
             raise CorruptFileError(f"item {fqn!r} has byte range {offset!r}+{length!r}", path=self.name)
-        path = os.path.join(self.folder, relative)
-        if not os.path.isfile(path):
-            raise CorruptFileError(f"item {fqn!r} lives in {relative}, which is missing from the folder", path=self.name)
+        path = member_path(self.folder, relative, f"item {fqn!r}: file", self.name)
         size = self.sizes.setdefault(path, os.path.getsize(path))
         if offset + length > size:
             raise CorruptFileError(f"item {fqn!r} at bytes {offset}..{offset + length} runs past the end of {relative} ({size} bytes)", path=self.name)

@@ -15,6 +15,7 @@ from typing import Any
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 from ckpt_migrate.converters.filenames import SAFETENSORS_INDEX as INDEX_NAME
 from ckpt_migrate.errors import CorruptFileError, NotMyFormat
+from ckpt_migrate.io.members import member_path
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.model.checkpoint import TensorRef
 
@@ -68,8 +69,7 @@ def _read_shard(path: str, options: ReadOptions) -> tuple["OrderedDict[str, Tens
     """
     from ckpt_migrate.converters.readers.safetensors_file import SafetensorsReader
 
-    if not os.path.isfile(path):
-        raise CorruptFileError("shard listed in the index is missing", path=path)
+    path = member_path(os.path.dirname(path), os.path.basename(path), "shard listed in the index")
     raw = SafetensorsReader().read(Source(path), options)
     return raw.root, raw.meta.get("safetensors_metadata", {})
 
