@@ -231,3 +231,16 @@ def test_layout_roles_are_decided_by_folder_content() -> None:
     assert roles["run/notes.txt"].role == "copy" and roles["unet/config.json"].destination == "unet/config.json"
     plain = assign_roles(rels, checkpoints, to="normalized", hf_layout=False, read_text=lambda rel: None)
     assert plain["unet/diffusion_pytorch_model.bin"].role == "convert"
+
+
+def test_a_shard_set_migrated_to_another_format_becomes_one_output(tmp_path: Path) -> None:
+    src, dst = tmp_path / "gpt2", tmp_path / "out"
+    expected, index = hf.save_bin_shards(hf.gpt2(), src, max_shard_size=6000)
+    report = migrate(src, dst, to="normalized")
+    assert report.exit_code == 0, [f.to_json() for f in report.files]
+    assert {p.name for p in dst.iterdir()} == {"config.json", "pytorch_model.pt", ".ckpt-migrate-manifest.jsonl"}
+    loaded = torch.load(dst / "pytorch_model.pt", weights_only=True)["model_state_dict"]
+    assert sorted(loaded) == sorted(expected)
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in expected.items())
+    members = [f for f in report.files if f.action == "member"]
+    assert len(members) == len(set(index["weight_map"].values())) and all(f.status == "converted" for f in members)

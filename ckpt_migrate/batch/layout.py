@@ -9,6 +9,8 @@ Roles:
 - ``hf-shards``: a ``*.bin.index.json``; its shards are converted together into
   ``<stem>-0000k-of-0000n.safetensors`` + ``<stem>.safetensors.index.json``. The shards it lists are
   ``member`` files of that conversion.
+- ``shard-set``: the same for other writers: the shard set becomes one output ``<stem><suffix>``
+  (``pytorch_model.pt`` for ``normalized``), its shards are ``member`` files.
 - ``state``: Trainer state in a training folder (``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``,
   ``rng_state*.pth``), rewritten as plain torch files that ``torch.load(weights_only=True)`` opens,
   under the same name; ``training_args.bin`` becomes ``training_args.json``.
@@ -27,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
-CONVERT, HF_WEIGHTS, HF_SHARDS, MEMBER, STATE, COPY = "convert", "hf-weights", "hf-shards", "member", "state", "copy"
+CONVERT, HF_WEIGHTS, HF_SHARDS, SHARD_SET, MEMBER, STATE, COPY = "convert", "hf-weights", "hf-shards", "shard-set", "member", "state", "copy"
 
 HF_WEIGHT_NAME = re.compile(r"^(?P<stem>pytorch_model|diffusion_pytorch_model)(?P<variant>\.[A-Za-z0-9_-]+)?\.bin$")
 HF_MARKER = re.compile(r"^(pytorch_model|diffusion_pytorch_model).*\.bin$|\.bin\.index\.json$")
@@ -92,11 +94,12 @@ def index_shards(text: str | None) -> list[str]:
 
 
 def assign_roles(rels: list[str], checkpoints: set[str], *, to: str, hf_layout: bool,
-                 read_text: Callable[[str], str | None], checkpoints_only: bool = False) -> dict[str, Role]:
+                 read_text: Callable[[str], str | None], checkpoints_only: bool = False, suffix: str = "") -> dict[str, Role]:
     """The role of every readable file of SRC (``rels``), given which ones are checkpoints.
 
     ``hf_layout`` turns on Hugging Face naming (safetensors output without ``--max-shard-size``);
-    ``read_text`` reads a small file of SRC (a ``.bin`` index) by relative path.
+    ``read_text`` reads a small file of SRC (a ``.bin`` index) by relative path; ``suffix`` is the
+    writer's output suffix (a shard set's single output is ``<stem><suffix>``).
     """
     folders = _folders(rels)
     roles: dict[str, Role] = {}
@@ -110,13 +113,16 @@ def assign_roles(rels: list[str], checkpoints: set[str], *, to: str, hf_layout: 
         if rel not in checkpoints:
             roles.setdefault(rel, Role(COPY, rel) if not checkpoints_only else Role(COPY))
             continue
-        if hf_layout and name.endswith(BIN_INDEX_SUFFIX):
+        if name.endswith(BIN_INDEX_SUFFIX):
             shards = index_shards(read_text(rel))
             members = [posixpath.join(folder, shard) if folder else shard for shard in shards]
             if shards and all(member in checkpoints for member in members):
                 stem = name[: -len(BIN_INDEX_SUFFIX)]
-                outputs = shard_destinations(folder, stem, len(shards))
-                roles[rel] = Role(HF_SHARDS, outputs[-1], outputs=tuple(outputs))
+                if hf_layout:
+                    outputs = shard_destinations(folder, stem, len(shards))
+                    roles[rel] = Role(HF_SHARDS, outputs[-1], outputs=tuple(outputs))
+                else:
+                    roles[rel] = Role(SHARD_SET, posixpath.join(folder, stem + suffix) if folder else stem + suffix)
                 for member in members:
                     roles[member] = Role(MEMBER, None, rel)
                 continue

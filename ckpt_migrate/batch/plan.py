@@ -184,7 +184,7 @@ def build_plan(
         destination = role.destination or destinations[entry.rel]
         item = PlanItem(entry.rel, entry.size, entry.mtime, (sniff.reader or "?") if sniff.checkpoint else None, action, destination,
                         reason=sniff.reason if sniff.checkpoint else None, role=role.role, outputs=list(role.outputs))
-        if role.role == layout.HF_SHARDS:
+        if role.role in (layout.HF_SHARDS, layout.SHARD_SET):
             item.members = [rel for rel, other in roles.items() if other.role == layout.MEMBER and other.group == entry.rel]
             parts = [by_rel[rel] for rel in item.members if rel in by_rel]
             item.size = entry.size + sum(part.size for part in parts)
