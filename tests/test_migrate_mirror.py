@@ -133,3 +133,32 @@ def test_a_source_file_named_like_the_manifest_is_not_copied_over_it(tmp_path: P
     assert entry.status == "skipped" and "manifest" in entry.reason
     latest, _ = parse((dst / MANIFEST_NAME).read_text())
     assert latest["weights.pt"]["output"] == "weights.safetensors"
+
+
+def test_outputs_are_fsynced_before_their_manifest_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ckpt_migrate.batch.carry as carry
+    from ckpt_migrate.batch.manifest import Manifest
+
+    src, dst = tmp_path / "src", tmp_path / "out"
+    build(src)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_append = carry.fsync_path, Manifest.append
+    monkeypatch.setattr(carry, "fsync_path", lambda path: (events.append(("fsync", os.path.realpath(path))), real_fsync(path))[1])
+
+    def append(self: Manifest, records: object) -> None:
+        records = list(records)  # type: ignore[arg-type]
+        events.extend(("record", r["output"]) for r in records if r.get("status") == "done")
+        real_append(self, records)
+
+    monkeypatch.setattr(Manifest, "append", append)
+    assert migrate(src, dst, to="safetensors", executor="inline").exit_code == 0
+    recorded = [(i, rel) for i, (kind, rel) in enumerate(events) if kind == "record"]
+    assert len(recorded) == len(hf.CARRIED) + 1
+    for index, rel in recorded:
+        target = os.path.realpath(dst / rel)
+        synced = [i for i, (kind, path) in enumerate(events) if kind == "fsync" and path == target]
+        folder = [i for i, (kind, path) in enumerate(events) if kind == "fsync" and path == os.path.dirname(target)]
+        assert synced and synced[0] < index and folder and folder[0] < index, rel
+    events.clear()
+    migrate(src, tmp_path / "fast", to="safetensors", executor="inline", fsync=False)
+    assert not [e for e in events if e[0] == "fsync"]

@@ -101,8 +101,6 @@ def copy_file(src: str, tree: Tree, rel: str, *, overwrite: bool, fsync: bool = 
                 digest.update(chunk)
                 writer.write(chunk)
             writer.flush()
-            if fsync:
-                os.fsync(writer.fileno())
         expected = digest.hexdigest()
         if _hash_file(tmp) != expected:
             raise VerificationError("the copy differs from the source", path=src)
@@ -110,7 +108,7 @@ def copy_file(src: str, tree: Tree, rel: str, *, overwrite: bool, fsync: bool = 
             check_no_links(tree, rel)
             os.replace(tmp, target)
             if fsync:
-                fsync_path(os.path.dirname(target))
+                sync_outputs([target])
         else:
             from ckpt_migrate.batch.worker import upload
 

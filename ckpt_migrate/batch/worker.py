@@ -87,6 +87,10 @@ def _rewrite_state(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
     kwargs = {"allow_calls": options.allow_calls, "verify": options.verify, "fsync": task.get("fsync", True)}
     if tree.local:
         found = rewrite(task["src"], tree.path(task["destination"]), force=task.get("overwrite", False), **kwargs)
+        if task.get("fsync", True):
+            from ckpt_migrate.batch.carry import sync_outputs
+
+            sync_outputs([tree.path(task["destination"])])
         digest = tree.sha256(task["destination"])
     else:
         if tree.exists(task["destination"]) and not task.get("overwrite", False):
