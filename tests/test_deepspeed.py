@@ -153,6 +153,7 @@ def test_convert_every_writer(tmp_path: Path) -> None:
     loaded = torch.load(normalized, weights_only=True)
     check_against_reference(case, loaded["model_state_dict"])
     assert loaded["epoch"] == 2
+    assert "optimizer_state_dict" not in loaded and "partitions" in loaded["meta"]["left_out"]["optimizer state"]
     dcp_out = tmp_path / "dcp"
     result = run_cli("convert", str(FIXTURES / case), str(dcp_out), "--to", "dcp")
     assert result.returncode == 0, result.stderr

@@ -494,6 +494,8 @@ class DeepSpeedReader(Reader):
             return RawRead({}, "deepspeed", checkpoint.globals, meta)
         tensors = checkpoint.consolidated() if weights == "master" else checkpoint.module_weights()
         meta["deepspeed"] = checkpoint.describe(weights)
+        meta["left_out"] = {"optimizer state": "ZeRO keeps the optimizer's moments as flat per-rank partitions; they are not "
+                                                "consolidated per parameter (resume with DeepSpeed from the original folder)"}
         root: dict[str, Any] = {"model_state_dict": tensors}
         root.update(_client_state(checkpoint.model))
         root["global_steps"] = checkpoint.step

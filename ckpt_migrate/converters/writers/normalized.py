@@ -28,7 +28,8 @@ from ckpt_migrate.bundle.keys import WRAPPER_PREFIXES
 from ckpt_migrate.converters.base import WriteReport, Writer
 from ckpt_migrate.options import ConvertOptions
 
-_PROVENANCE = ("source", "source_sha256", "reader", "format", "kind", "selected", "classes", "tool", "schemas", "stripped", "warnings")
+_PROVENANCE = ("source", "source_sha256", "reader", "format", "kind", "selected", "classes", "tool", "schemas", "stripped", "warnings",
+               "left_out")
 
 
 def strip_wrapper_prefixes(names: list[str]) -> tuple[list[str], list[str]]:
