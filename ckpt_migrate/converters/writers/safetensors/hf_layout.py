@@ -155,7 +155,7 @@ def fsync_path(path: str) -> None:
         os.close(handle)
 
 
-def _verify_layout(folder: str, layout: Mapping[str, list[str]], index: dict[str, Any] | None, source: str) -> None:
+def _verify_layout(folder: str, layout: Mapping[str, list[str]], index: dict[str, Any] | None, prefix: str, source: str) -> None:
     """Each staged file holds exactly the names the layout gives it; the index reads back as written.
 
     Raises:
@@ -168,13 +168,12 @@ def _verify_layout(folder: str, layout: Mapping[str, list[str]], index: dict[str
             raw = SafetensorsReader().read(Source(os.path.join(folder, filename)), ReadOptions())
         except CkptMigrateError as error:
             raise VerificationError(f"{filename} does not read back: {error.message}", path=source) from None
-        if list(raw.root) != list(names) and set(raw.root) != set(names):
+        if set(raw.root) != set(names):
             raise VerificationError(f"{filename} holds other tensors than planned", path=source)
         if raw.meta.get("safetensors_metadata", {}).get("format") != "pt":
             raise VerificationError(f"{filename} lacks format: pt metadata", path=source)
     if index is not None:
-        prefix_index = next(name for name in os.listdir(folder) if name.endswith(".safetensors.index.json"))
-        with open(os.path.join(folder, prefix_index), encoding="utf-8") as handle:
+        with open(os.path.join(folder, index_name(prefix)), encoding="utf-8") as handle:
             if json.load(handle) != index:
                 raise VerificationError("the index does not read back as written", path=source)
 
@@ -230,7 +229,7 @@ def write_hf_folder(checkpoint: Checkpoint, dst: str, options: Any, *, prefix: s
                 handle.write("\n")
         digest.finish([os.path.join(staging, name) for name in layout], source)
         if options.verify:
-            _verify_layout(staging, layout, index, source)
+            _verify_layout(staging, layout, index, prefix, source)
         for name in written:
             if fsync:
                 fsync_path(os.path.join(staging, name))
