@@ -85,6 +85,14 @@ def trusted_module_of(class_name: str, trust_modules: Iterable[str]) -> str | No
 
 def cannot_rebuild(class_name: str) -> ArchitectureError:
     """The error for a whole model whose class code is not available, naming the ways out."""
+    if class_name.startswith("__torch__."):
+        module, _, attr = class_name.removeprefix("__torch__.").rpartition(".")
+        spec = f"{module}:{attr}" if module and not module.startswith("__") else "package.module:Class"
+        return ArchitectureError(
+            f"cannot rebuild the whole model of class {class_name}, a TorchScript class: ONNX export needs its forward(), "
+            f"and ckpt-migrate never runs the code/ the file holds (torch.jit.load would). Name the architecture with "
+            f"--arch {spec} if that class is importable here (and --arch-kwargs JSON for its constructor), or --arch NAME "
+            f"for a torchvision builder, {WEIGHTS_ONLY_HINT}")
     module = class_name.rpartition(".")[0]
     where = ("defined in the training script (__main__)" if module == "__main__"
              else "whose code is not in the file (only its weights are)")

@@ -10,10 +10,15 @@ import click
 from ckpt_migrate.commands.common import console, emit_json, handle_errors, read_options, strict_calls_option
 
 VERDICT_STYLE = {"clean": "green", "unknown-calls": "yellow", "unsafe": "bold red", "error": "red", "skipped": "dim"}
+MIN_FILE_WIDTH = 20
+"""The file column is as wide as the longest path when the other columns leave room for it, and never narrower
+than this; a name is folded only when it cannot fit on one line."""
+COUNT_LABELS = (("allowed", "allowed"), ("stub", "stub"), ("unknown-call", "unknown call"), ("refused", "refused"))
+SHOWN_NAMES = 3
 
 
 def render(out: Any, report: Any) -> None:
-    """A table of files and verdicts, then each file's refused globals and unknown calls.
+    """A table of files, formats, verdicts and globals; each file's refused globals and unknown calls; unreadable files' errors.
 
     Every name and path comes from untrusted files, so it is made inert (control characters and
     markup escaped) before it is printed.
@@ -25,23 +30,24 @@ def render(out: Any, report: Any) -> None:
     def inert(value: Any) -> str:
         return inert_text(value, markup=True)
 
+    rows = [(inert(found.path), inert(found.format or "-"), found.verdict, globals_cell(found.counts())) for found in report.files]
+    others = [max((len(row[i]) if i != 3 else max(map(len, row[3].split("\n"))) for row in rows), default=0) for i in (1, 2, 3)]
+    room = out.width - sum(max(width, len(header)) for width, header in zip(others, ("format", "verdict", "globals"))) - 13
+    longest = max((len(row[0]) for row in rows), default=4)
     table = Table(title="ckpt-migrate scan", title_justify="left")
-    for column in ("file", "format", "verdict", "allowed", "stub", "unknown calls", "refused", "reason"):
-        table.add_column(column, justify="right" if column in ("allowed", "stub", "unknown calls", "refused") else "left", overflow="fold")
-    for found in report.files:
-        counts = found.counts()
-        style = VERDICT_STYLE.get(found.verdict, "")
-        if found.refused:
-            reason = ", ".join(g.name for g in found.refused)
-        elif found.unknown_calls:
-            reason = ", ".join(g.name for g in found.unknown_calls)
-        else:
-            reason = found.error or ""
-        if found.verdict == "skipped":
-            reason = (found.message or "").split(": skipped: ", 1)[-1]
-        table.add_row(inert(found.path), inert(found.format or "-"), f"[{style}]{found.verdict}[/{style}]", str(counts["allowed"]),
-                      str(counts["stub"]), str(counts["unknown-call"]), str(counts["refused"]), inert(reason))
+    table.add_column("file", min_width=min(longest, max(MIN_FILE_WIDTH, room)), overflow="fold")
+    table.add_column("format", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("globals", no_wrap=True)
+    for path, fmt, verdict, counts in rows:
+        style = VERDICT_STYLE.get(verdict, "")
+        table.add_row(path, fmt, f"[{style}]{verdict}[/{style}]", counts)
     out.print(table)
+    for found in report.files:
+        if found.verdict == "error":
+            out.print(f"unreadable: {inert(found.path)}: {inert(found.error or '')}", soft_wrap=True)
+        elif found.verdict == "skipped":
+            out.print(f"[dim]skipped: {inert(found.path)}: {inert((found.message or '').split(': skipped: ', 1)[-1])}[/dim]", soft_wrap=True)
     for found in report.files:
         for title, entries in (("refused", found.refused), ("unknown calls (kept as inert records, never executed)", found.unknown_calls)):
             if not entries:
@@ -58,6 +64,13 @@ def render(out: Any, report: Any) -> None:
     summary = report.summary()
     out.print(f"{summary['files']} file(s): {summary['clean']} clean, {summary['unknown-calls']} with unknown calls, "
               f"{summary['unsafe']} unsafe, {summary['error']} unreadable, {summary['skipped']} skipped")
+
+
+def globals_cell(counts: dict[str, int]) -> str:
+    """The globals of a file counted by verdict, one per line (``3 allowed``), or ``none``."""
+    lines = [f"{counts[key]} {label}{'s' if key == 'unknown-call' and counts[key] != 1 else ''}"
+             for key, label in COUNT_LABELS if counts.get(key)]
+    return "\n".join(lines) or "none"
 
 
 @click.command("scan")
@@ -83,11 +96,38 @@ def command(paths: tuple[str, ...], allow_calls: tuple[str, ...], strict_calls: 
         emit_json(report.to_dict())
     else:
         render(console(), report)
-    for found in report.files:
-        if found.verdict in ("unsafe", "error") and found.message:
-            click.echo(f"ckpt-migrate: error: {inert_text(' '.join(found.message.split()))}", err=True)
-        elif found.verdict == "unknown-calls":
-            from ckpt_migrate.unpickler.verdicts import unknown_calls_warning
-
-            click.echo(f"ckpt-migrate: warning: {inert_text(found.path)}: {inert_text(unknown_calls_warning(found.globals))}", err=True)
+    line = stderr_line(report, "in the JSON document" if as_json else "above")
+    if line:
+        click.echo(inert_text(line), err=True)
     sys.exit(report.exit_code)
+
+
+def stderr_line(report: Any, where: str) -> str | None:
+    """The one stderr line of a scan: the file's own error or warning for one file, a summary naming the files for several.
+
+    Args:
+        report: the :class:`~ckpt_migrate.reports.scan.ScanReport`.
+        where: where the reasons are shown (``above``), for the summary.
+
+    Returns:
+        ``ckpt-migrate: error: …`` or ``ckpt-migrate: warning: …``, or None when every file is clean or skipped.
+    """
+    from ckpt_migrate.unpickler.verdicts import unknown_calls_warning
+
+    if len(report.files) == 1:
+        found = report.files[0]
+        if found.verdict in ("unsafe", "error") and found.message:
+            return f"ckpt-migrate: error: {' '.join(found.message.split())}"
+        if found.verdict == "unknown-calls":
+            return f"ckpt-migrate: warning: {found.path}: {unknown_calls_warning(found.globals)}"
+        return None
+    parts = []
+    for verdict, label in (("unsafe", "unsafe"), ("error", "unreadable"), ("unknown-calls", "with unknown calls, kept as inert records")):
+        paths = [found.path for found in report.files if found.verdict == verdict]
+        if paths:
+            shown = ", ".join(paths[:SHOWN_NAMES]) + (f" and {len(paths) - SHOWN_NAMES} more" if len(paths) > SHOWN_NAMES else "")
+            parts.append(f"{len(paths)} {label} ({shown})")
+    if not parts:
+        return None
+    level = "error" if report.exit_code else "warning"
+    return f"ckpt-migrate: {level}: {'; '.join(parts)} of {len(report.files)} files; the reasons are {where}"

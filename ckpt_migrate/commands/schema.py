@@ -88,6 +88,9 @@ def _report(out: Any, alignment: Any, src: str, target: Any, output: str | None,
     total = len(alignment.matches) + len(alignment.unmatched_source)
     out.print(f"matched {len(alignment.matches)} of {total} source keys to {escape(target.label)} "
               f"({renamed} renamed, {len(alignment.matches) - renamed} unchanged)", soft_wrap=True)
+    if alignment.guessed:
+        out.print(f"  guessed: {len(alignment.guessed)} key(s) matched by shape and order only (modules of identical shapes "
+                  f"paired in the order they appear); review them{f' in {output}' if output else ''}", markup=False, soft_wrap=True)
     if output:
         out.print(f"[green]✓[/green] wrote {escape(output)}", soft_wrap=True)
     for key in alignment.ambiguous:
@@ -123,8 +126,9 @@ def infer_command(src: str, target_spec: str, output: str, arch_kwargs: str | No
                   force: bool, allow_calls: tuple[str, ...], as_json: bool) -> None:
     """Align SRC's keys with TARGET's (name, then suffix, then shape and order) and write a reviewable schema.
 
-    Keys it could not match and ambiguous ones are reported (and listed as comments in the file),
-    never guessed. Exits 1, writing nothing, when no key matches at all.
+    Keys matched by shape and order only (modules of identical shapes paired in the order they
+    appear) are reported as guesses to review; keys it could not match and ambiguous ones are
+    reported and listed as comments in the file. Exits 1, writing nothing, when no key matches at all.
     """
     from ckpt_migrate.api import load
     from ckpt_migrate.io.atomic import check_destination
@@ -160,6 +164,7 @@ def _infer_json(src: str, target: Any, output: str | None, alignment: Any, after
     return {
         "source": src, **target.to_json(), "output": output,
         "matches": [{"source": s, "target": t, "how": how} for s, t, how in alignment.matches],
+        "guessed": alignment.guessed,
         "unmatched_source": list(alignment.unmatched_source),
         "unmatched_target": list(alignment.unmatched_target),
         "ambiguous": {k: list(alignment.candidates.get(k, [])) for k in alignment.ambiguous},

@@ -4,8 +4,9 @@ Matching runs in phases, each on what the previous ones left: exact name; longes
 suffix (at least the parameter name and its module's name, same shape, unique both ways); sibling
 keys of a module already matched ("module"); then shape and order within module types: modules are
 grouped by their parameter names and shapes, and matched in order when both sides hold the same
-number of them. Anything that several candidates fit equally is reported as ambiguous, never
-guessed.
+number of them. Matches by shape and order are guesses (modules of identical shapes paired in the
+order they appear) and are reported as such; anything that several candidates fit equally (the
+counts differ) is reported as ambiguous and left unmatched.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ HOW: dict[str, str] = {
     "suffix": "longest common dotted suffix, same shape",
     "module": "sibling of keys already matched in the same module",
     "shape": "the only module with these parameter names and shapes",
-    "shape-order": "shape and order among modules with the same parameter names and shapes",
+    "shape-order": "shape and order among modules with the same parameter names and shapes (a guess: review it)",
 }
+GUESSES = ("shape-order",)
+"""Ways of matching that pair keys by position among equals rather than by anything unique to them."""
 
 _SHORT = {"exact": "name", "suffix": "suffix", "module": "module", "shape": "shape", "shape-order": "shape and order"}
 
@@ -54,6 +57,11 @@ class Alignment:
     def mapping(self) -> dict[str, str]:
         """Matched source key → target key."""
         return {src: dst for src, dst, _ in self.matches}
+
+    @property
+    def guessed(self) -> list[str]:
+        """Source keys matched by shape and order only (modules of identical shapes paired in order): guesses to review."""
+        return [src for src, _, how in self.matches if how in GUESSES]
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -311,6 +319,8 @@ def _render(alignment: Alignment, name: str, description: str, single_table: boo
         _comment("Inferred by `ckpt-migrate schema infer` from a key alignment; review before use."),
         _comment(f"Matched {len(alignment.matches)} of {total} source keys ({summary}); "
                  f"{len(alignment.unmatched_target)} target key(s) unmatched, {len(alignment.ambiguous)} ambiguous."),
+        *([_comment(f"{len(alignment.guessed)} of the matches are guesses by shape and order (modules of identical shapes "
+                    f"paired in the order they appear): review them.")] if alignment.guessed else []),
         f"name = {_toml_string(name)}",
         f"description = {_toml_string(description)}",
         "",

@@ -142,7 +142,7 @@ BENIGN_CALLS = frozenset({
 """Enums and data classes of widely used libraries whose calls only build a value: plain records
 even under ``--strict-calls``. Only exact names: a look-alike in another module is not on this list."""
 
-_NEVER = "a known code-execution gadget, never allowed (not even with --allow-call)"
+_NEVER = "a known code-execution gadget, never allowed, not even with --allow-call"
 
 
 def gadget_reason(dotted: str) -> str | None:
@@ -217,10 +217,10 @@ def call_verdict(dotted: str, how: str, policy: Policy) -> tuple[str, str]:
     if verdict != "stub":
         return verdict, reason
     if dotted in BENIGN_CALLS:
-        return "allowed", f"{how} of a curated benign enum or data class, kept as an inert record (never executed)"
+        return "allowed", f"{how} of a curated benign enum or data class, kept as an inert record, never executed"
     if dotted in policy.allow_calls:
-        return "allowed", f"{how} accepted with --allow-call as an inert record (never executed)"
+        return "allowed", f"{how} accepted with --allow-call as an inert record, never executed"
     if policy.strict_calls:
-        return "refused", (f"{how} calls a name outside the allowlist (--strict-calls); "
-                           f"--allow-call {dotted} would accept it as an inert record (never executed)")
-    return "unknown-call", f"{how} of a name outside the allowlist, kept as an inert record (never executed)"
+        return "refused", (f"{how} calls a name outside the allowlist under --strict-calls; "
+                           f"--allow-call {dotted} would accept it as an inert record, never executed")
+    return "unknown-call", f"{how} of a name outside the allowlist, kept as an inert record, never executed"
