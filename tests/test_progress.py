@@ -146,3 +146,14 @@ def test_the_library_is_silent_unless_given_a_reporter(big: Path, tmp_path: Path
     writing = dict(recorder.phases)["writing told.safetensors"]
     assert writing == 4 * 4096 * 4096 * 4 and recorder.done["writing told.safetensors"] == writing
     assert progress.current() is progress.SILENT
+
+
+def test_migrate_quiet_silences_its_per_file_lines(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    (tmp_path / "src").mkdir()
+    torch.save({"w": torch.randn(8, 8)}, tmp_path / "src" / "a.pt")
+    loud = run_cli("migrate", "src", "loud", "--to", "safetensors", cwd=tmp_path)
+    assert loud.returncode == 0 and "[1/1] converted" in loud.stderr, loud.stderr
+    quiet = run_cli("migrate", "src", "quiet", "--to", "safetensors", "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert torch.equal(load_file(tmp_path / "quiet" / "a.safetensors")["w"], torch.load(tmp_path / "src" / "a.pt", weights_only=True)["w"])
