@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := demo-out
 
-.PHONY: install demo test fixtures bench signatures fuzz clean
+.PHONY: install demo readme readme-check test fixtures bench signatures fuzz clean
 
 install: $(STAMP)
 
@@ -20,8 +20,13 @@ fixtures: install
 
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(PY) fixtures/make_fixtures.py $(DEMO_DIR)/models
-	$(PY) fixtures/demo.py $(DEMO_DIR)
+	$(PY) fixtures/demo.py $(DEMO_DIR) --vgg
+
+readme: install
+	$(PY) fixtures/readme_tour.py --update
+
+readme-check: install
+	$(PY) fixtures/readme_tour.py
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests; status=$$?; \
