@@ -413,7 +413,9 @@ class _Output:
     verifying, a second thread reads the written piece back and compares it with that buffer;
     when hashing, the buffer then goes to the hash thread (:class:`HashThread`) if its bytes come
     from the hashed file; only then is it free again. Every stage runs beside the copy of the
-    next pieces, and every source byte is read once, into user space, for all three uses.
+    next pieces, and every source byte is read once, into user space, for all three uses. An
+    output under :data:`THREAD_MIN_BYTES` is checked on the writing thread instead, and buffers
+    are allocated as needed and no larger than the output, so small files pay for no threads.
     """
 
     def __init__(self, fd: int, path: str, verify: bool, label: str, hasher: HashThread | None = None,
