@@ -117,6 +117,8 @@ def test_the_tour_shows_real_outcomes(tour: list) -> None:
     for result in tour:
         if result.step.kind == "command" and result.step.text.startswith("ckpt-migrate convert"):
             assert result.returncode == 0, "\n".join(result.output)
+    escaped = [line for result in tour for line in result.output if "\\n" in line]
+    assert not escaped, f"our own line breaks printed as \\n: {escaped}"
 
 
 def test_an_edited_output_fails_the_check(tour: list) -> None:
@@ -153,6 +155,10 @@ def test_ellipsis_stands_for_lines_but_not_for_a_whole_output() -> None:
         tour_module.parse("```console\n$ ckpt-migrate formats\n...\n```\n")
     with pytest.raises(tour_module.TourError):
         tour_module.parse("```console\noutput that nothing produced\n```\n")
+    with pytest.raises(tour_module.TourError):
+        tour_module.parse("```\n$ ckpt-migrate formats\nunchecked output\n```\n")
+    with pytest.raises(tour_module.TourError):
+        tour_module.parse("```console\n$ ckpt-migrate formats\n")
     steps = tour_module.parse("```console\n$ a\nx\n$ b\n```\n\n<!-- readme-tour: run -->\n```python\nprint(1)\n```\n")
     assert [(s.kind, s.text, s.expected) for s in steps] == [("command", "a", ["x"]), ("command", "b", []),
                                                              ("python", "print(1)", [])]

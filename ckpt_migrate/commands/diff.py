@@ -31,7 +31,8 @@ def _render(out: Any, report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    out.print(f"[bold]A[/bold] {escape(report.a)}\n[bold]B[/bold] {escape(report.b)}", soft_wrap=True)
+    out.print(f"[bold]A[/bold] {escape(report.a)}", soft_wrap=True)
+    out.print(f"[bold]B[/bold] {escape(report.b)}", soft_wrap=True)
     _listing(out, "only in A", report.only_a)
     _listing(out, "only in B", report.only_b)
     _listing(out, "renamed (same values)", [f"{x} → {y}" for x, y in report.renamed])

@@ -24,6 +24,7 @@ def render(out: Any, report: Any) -> None:
     markup escaped) before it is printed.
     """
     from rich.table import Table
+    from rich.text import Text
 
     from ckpt_migrate.reports.inert import inert_text
 
@@ -41,7 +42,7 @@ def render(out: Any, report: Any) -> None:
     table.add_column("globals", no_wrap=True)
     for path, fmt, verdict, counts in rows:
         style = VERDICT_STYLE.get(verdict, "")
-        table.add_row(path, fmt, f"[{style}]{verdict}[/{style}]", counts)
+        table.add_row(path, fmt, f"[{style}]{verdict}[/{style}]", Text(counts))
     out.print(table)
     for found in report.files:
         if found.verdict == "error":
