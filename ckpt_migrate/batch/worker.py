@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from ckpt_migrate.io.atomic import TEMP_MARKER
+from ckpt_migrate.io.atomic import temp_stem
 from ckpt_migrate.options import ConvertOptions
 from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, VerificationError
 from ckpt_migrate.io.trees import CHUNK, Tree
@@ -214,7 +214,7 @@ def upload(local: str, tree: Tree, rel: str) -> str:
         source = os.path.join(local, *member.split("/")) if member else local
         target = f"{rel}/{member}" if member else rel
         folder, name = posixpath.split(target)
-        temp = posixpath.join(folder, f".{name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        temp = posixpath.join(folder, f"{temp_stem(name)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         expected = _file_sha256(source)
         try:
             tree.fs.put_file(source, tree.path(temp))

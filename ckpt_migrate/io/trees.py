@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import uuid
 from stat import S_ISREG
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
-from ckpt_migrate.io.atomic import TEMP_MARKER, is_temp
+from ckpt_migrate.io.atomic import is_temp, temp_name
 from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError
 from ckpt_migrate.converters.filenames import is_dcp_listing
 from ckpt_migrate.io.hashing import folder_sha256, stream_sha256
@@ -322,7 +321,7 @@ class LocalTree(Tree):
     def replace_text(self, rel: str, text: str) -> None:
         """Write through a temporary name and :func:`os.replace` after an fsync."""
         path = self.path(rel)
-        tmp = f"{path}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = temp_name(path)
         with open(tmp, "wb") as handle:
             handle.write(text.encode("utf-8"))
             handle.flush()
