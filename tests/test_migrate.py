@@ -338,3 +338,16 @@ def test_top_level_migrate_is_callable_after_the_package_is_imported(tmp_path: P
     report = ckpt_migrate.migrate(tmp_path / "src", tmp_path / "out", executor="inline")
     assert report.exit_code == 0 and report.counts["converted"] == 1
     assert (tmp_path / "out/a.safetensors").is_file()
+
+
+def test_a_file_past_its_timeout_fails_alone_and_the_batch_goes_on() -> None:
+    tasks = [{"rel": name, "src": name, "index": i} for i, name in enumerate(["a", "hang", "b", "c"])]
+    executor = LocalExecutor(2, function=helpers_migrate_crash.crash_or_echo, file_timeout=2)
+    results = {r["source"]: r for r in executor.run(tasks)}
+    assert {name: r["status"] for name, r in results.items()} == {"a": "done", "hang": "failed", "b": "done", "c": "done"}
+    assert "longer than 2 s (--file-timeout)" in results["hang"]["error"]
+
+
+def test_file_timeout_must_be_positive(tmp_path: Path) -> None:
+    result = run_cli(str(tmp_path), str(tmp_path / "out"), "--to", "safetensors", "--file-timeout", "0")
+    assert result.exit_code == 2 and "--file-timeout" in result.output

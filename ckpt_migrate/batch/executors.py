@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import sys
+import time
 import types
 from collections import deque
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError, UsageE
 from ckpt_migrate.batch.worker import convert_one, crashed
 
 EXECUTORS = ("local", "ray", "inline")
+DEFAULT_FILE_TIMEOUT = 3600.0
+"""Seconds one file may take in a worker before the worker is stopped and the file fails (``--file-timeout``)."""
 
 
 class InlineExecutor:
@@ -49,6 +52,7 @@ class _Worker:
     process: Any
     conn: Connection
     task: dict[str, Any] | None = None
+    deadline: float = 0.0
 
 
 @contextlib.contextmanager
@@ -74,19 +78,24 @@ class LocalExecutor:
 
     Each worker handles one file at a time; the parent knows which file every worker holds, so a
     worker that dies fails exactly that file and is replaced. ``function`` (a module-level
-    callable, default :func:`convert_one`) is what workers run on each task.
+    callable, default :func:`convert_one`) is what workers run on each task. A file still running
+    after ``file_timeout`` seconds has its worker killed and fails with a message naming the limit.
 
     Raises:
-        UsageError: ``jobs`` is below 1.
+        UsageError: ``jobs`` is below 1, or ``file_timeout`` is not positive.
     """
 
     name = "local"
 
-    def __init__(self, jobs: int = 1, function: Callable[[dict[str, Any]], dict[str, Any]] = convert_one) -> None:
+    def __init__(self, jobs: int = 1, function: Callable[[dict[str, Any]], dict[str, Any]] = convert_one,
+                 file_timeout: float = DEFAULT_FILE_TIMEOUT) -> None:
         if jobs < 1:
             raise UsageError(f"--jobs must be at least 1, got {jobs}")
+        if not file_timeout > 0:
+            raise UsageError(f"--file-timeout must be a positive number of seconds, got {file_timeout}")
         self.jobs = jobs
         self.function = function
+        self.file_timeout = float(file_timeout)
         self.context = multiprocessing.get_context("spawn")
 
     def _start(self) -> _Worker:
@@ -105,11 +114,12 @@ class LocalExecutor:
                 self._assign(worker, queue)
             while any(w.task is not None for w in workers):
                 busy = [w for w in workers if w.task is not None]
-                wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+                remaining = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+                wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=remaining)
                 for index, worker in enumerate(workers):
                     if worker.task is None:
                         continue
-                    result = self._collect(worker)
+                    result = self._collect(worker) or self._expire(worker)
                     if result is None:
                         continue
                     yield result
@@ -138,10 +148,20 @@ class LocalExecutor:
         why = f"the worker process was killed by signal {-code}" if code is not None and code < 0 else f"the worker process exited with code {code}"
         return crashed(task, f"{why} while converting this file (out of memory?)")
 
-    @staticmethod
-    def _assign(worker: _Worker, queue: deque) -> None:
+    def _expire(self, worker: _Worker) -> dict[str, Any] | None:
+        """Kill a worker whose file ran past its deadline; the file fails, the batch goes on."""
+        if worker.task is None or time.monotonic() < worker.deadline:
+            return None
+        task = worker.task
+        worker.process.kill()
+        worker.process.join(5)
+        worker.task = None
+        return crashed(task, f"took longer than {self.file_timeout:g} s (--file-timeout); its worker was stopped")
+
+    def _assign(self, worker: _Worker, queue: deque) -> None:
         if queue and worker.process.is_alive():
             worker.task = queue.popleft()
+            worker.deadline = time.monotonic() + self.file_timeout
             worker.conn.send(worker.task)
 
     @staticmethod
@@ -219,15 +239,18 @@ class RayExecutor:
                 ray.shutdown()
 
 
-def make_executor(name: str, *, jobs: int = 1, ray_address: str | None = None) -> Any:
+def make_executor(name: str, *, jobs: int = 1, ray_address: str | None = None, file_timeout: float = DEFAULT_FILE_TIMEOUT) -> Any:
     """The executor called ``name`` (``local``, ``ray`` or ``inline``).
 
+    ``file_timeout`` applies to local worker processes (the inline executor runs in the caller's
+    process and has none; on Ray, set task limits in the cluster).
+
     Raises:
-        UsageError: an unknown name or a bad ``jobs``.
+        UsageError: an unknown name, a bad ``jobs`` or a bad ``file_timeout``.
         MissingDependencyError: ``ray`` without Ray installed.
     """
     if name == "local":
-        return LocalExecutor(jobs)
+        return LocalExecutor(jobs, file_timeout=file_timeout)
     if name == "ray":
         return RayExecutor(ray_address, jobs if jobs > 1 else None)
     if name == "inline":

@@ -21,7 +21,7 @@ from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageE
 from ckpt_migrate.options import ConvertOptions
 import ckpt_migrate.batch.layout as layout
 import ckpt_migrate.batch.plan as planning
-from ckpt_migrate.batch.executors import make_executor
+from ckpt_migrate.batch.executors import DEFAULT_FILE_TIMEOUT, make_executor
 from ckpt_migrate.batch.manifest import LOCK_NAME, MANIFEST_NAME, Manifest
 from ckpt_migrate.batch.progress import Reporter, Silent
 from ckpt_migrate.batch.report import FileResult, MigrateReport
@@ -173,6 +173,7 @@ def migrate(
     probe_kinds: bool = True,
     checkpoints_only: bool = False,
     fsync: bool = True,
+    file_timeout: float = DEFAULT_FILE_TIMEOUT,
     **convert_options: Any,
 ) -> MigrateReport:
     """Convert every checkpoint under ``src_dir`` into a mirrored tree under ``dst_dir``.
@@ -195,6 +196,7 @@ def migrate(
         report: write the JSON report to this path or URL.
         progress: a reporter that is told of each file as it finishes.
         probe_kinds: with ``dry_run``, open each file to say what kind of checkpoint it is.
+        file_timeout: seconds one file may take in a local worker before it is stopped and fails.
         checkpoints_only: convert checkpoints only; skip every other file instead of copying it.
         fsync: make each output (file and folder) durable before its manifest record is written.
 
@@ -219,7 +221,7 @@ def migrate(
         raise UsageError("DST_DIR is SRC_DIR or contains it; choose a destination outside the source tree", path=dst_url)
     if src.in_process_only or dst.in_process_only:
         executor = "inline"
-    runner = make_executor(executor, jobs=jobs, ray_address=ray_address) if not dry_run else None
+    runner = make_executor(executor, jobs=jobs, ray_address=ray_address, file_timeout=file_timeout) if not dry_run else None
     key = options_key(options)
 
     manifest = Manifest(dst).load()

@@ -21,12 +21,14 @@ from ckpt_migrate.commands.common import console, convert_flags, convert_options
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster to connect to (auto, ray://host:10001); default: a local Ray instance.")
 @click.option("--checkpoints-only", is_flag=True, help="Convert checkpoints only; skip other files instead of copying them.")
 @click.option("--no-fsync", "no_fsync", is_flag=True, help="Do not fsync outputs before recording them (faster; a power loss may lose recent files).")
+@click.option("--file-timeout", type=click.FloatRange(min=0, min_open=True), default=3600, show_default=True, metavar="SECONDS",
+              help="Stop a file that takes longer in its worker and record it as failed; the batch goes on.")
 @convert_flags("read", "calls", "transform", "onnx", "write")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, one line per file otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (or, with --dry-run, the plan) as one JSON document.")
 @handle_errors
 def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, report_path: str | None, executor: str,
-            ray_address: str | None, checkpoints_only: bool, no_fsync: bool, quiet: bool, as_json: bool, **params: Any) -> None:
+            ray_address: str | None, checkpoints_only: bool, no_fsync: bool, file_timeout: float, quiet: bool, as_json: bool, **params: Any) -> None:
     """Convert every checkpoint under SRC_DIR into a mirrored tree under DST_DIR, verified and resumable.
 
     Files are recognised by content. Checkpoints are converted; every other file (configs,
@@ -48,7 +50,8 @@ def command(src_dir: str, dst_dir: str, to: str, jobs: int, dry_run: bool, repor
         raise UsageError("--ray-address needs --executor ray")
     options = convert_options_from(dict(params, to=to))
     report = migrate(src_dir, dst_dir, options, jobs=jobs, executor=executor, ray_address=ray_address, dry_run=dry_run,
-                     report=report_path, progress=reporter_for(quiet=dry_run or quiet), checkpoints_only=checkpoints_only, fsync=not no_fsync)
+                     report=report_path, progress=reporter_for(quiet=dry_run or quiet), checkpoints_only=checkpoints_only, fsync=not no_fsync,
+                     file_timeout=file_timeout)
     if as_json:
         emit_json(report.to_dict())
     elif dry_run:
