@@ -39,7 +39,8 @@ def test_ray_executor_converts_the_tree_and_resumes(local_ray: None, tmp_path: P
     assert result.exit_code == 3, result.output
     report = json.loads(report_path.read_text())
     assert report["executor"] == "ray"
-    assert report["counts"] == {"converted": 11, "up-to-date": 0, "skipped": 4, "failed": 1, "refused": 2}
+    assert report["counts"] == {"converted": 11, "copied": 3, "up-to-date": 0, "skipped": 1, "failed": 1, "refused": 2}
+    assert (dst / "README.md").read_bytes() == (src / "README.md").read_bytes()
     trees.assert_outputs_exact(dst, expected)
     assert trees.temporaries(dst) == []
     assert trees.snapshot(src) == before
@@ -49,7 +50,7 @@ def test_ray_executor_converts_the_tree_and_resumes(local_ray: None, tmp_path: P
     assert ray.is_initialized(), "a Ray runtime the caller started is left running"
 
     again = migrate(src, dst, to="safetensors", executor="ray")
-    assert again.counts["converted"] == 0 and again.counts["up-to-date"] == 11 and again.exit_code == 3
+    assert again.counts["converted"] == 0 and again.counts["up-to-date"] == 14 and again.exit_code == 3
 
     shutil.rmtree(dst / "sd")
     third = migrate(src, dst, to="safetensors", executor="ray")
