@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import ckpt_migrate
 from safetensors.torch import load_file
 
 from ckpt_migrate.api import convert, inspect
@@ -142,3 +144,16 @@ def test_weight_bearing_bytes_left_out_without_reason_fail(tmp_path: Path) -> No
     convert(src, tmp_path / "keep.pt")
     kept = torch.load(tmp_path / "keep.pt", weights_only=True)
     assert all(bytes_equal(kept["model_state_dict"][k], v) for k, v in model.state_dict().items())
+
+
+def test_optimizer_state_of_a_bundle_is_accounted_as_optimizer_state(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "bundle.tar"
+    torch.save({"epoch": 1, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()}, path)
+    report = ckpt_migrate.inspect(path).to_dict()
+    left_out = [s for s in report["storages"]["storages"] if s["status"] == "left out"]
+    assert len(left_out) == 2 and {s["reason"] for s in left_out} == {"optimizer state"}

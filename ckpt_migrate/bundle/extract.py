@@ -273,7 +273,8 @@ def extract(root: Any, *, select: str | None = None, ema: bool = False, fmt: str
     root = arrays_as_tensors(root)
     found = _choose(root, select=select, ema=ema, fmt=fmt)
     mapping = _as_mapping(root)
-    others = ({str(k): OTHER_SET for k, v in mapping.items() if str(k) not in found.selected and not isinstance(v, TensorRef)}
+    others = ({str(k): reason_for_key(str(k)) or OTHER_SET for k, v in mapping.items()
+               if str(k) not in found.selected and not isinstance(v, TensorRef)}
               if mapping is not None and found.selected else {})
     found.account = account(root, found.tensors, not_selected_reason=others)
     return found
