@@ -157,3 +157,31 @@ def test_optimizer_state_of_a_bundle_is_accounted_as_optimizer_state(tmp_path: P
     report = ckpt_migrate.inspect(path).to_dict()
     left_out = [s for s in report["storages"]["storages"] if s["status"] == "left out"]
     assert len(left_out) == 2 and {s["reason"] for s in left_out} == {"optimizer state"}
+
+
+def test_per_channel_quantized_weights_keep_scales_and_zero_points(tmp_path: Path) -> None:
+    import json
+
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    weight = torch.randn(4, 3)
+    scales = torch.tensor([0.1, 0.02, 0.5, 0.003], dtype=torch.float64)
+    zero_points = torch.tensor([0, 1, -2, 3], dtype=torch.int64)
+    q = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+    per_tensor = torch.quantize_per_tensor(weight, 0.05, 2, torch.quint8)
+    path = tmp_path / "q.pt"
+    torch.save({"fc.weight": q, "head.weight": per_tensor}, path)
+    out = tmp_path / "q.safetensors"
+    ckpt_migrate.convert(path, out)
+    with safe_open(str(out), "pt") as handle:
+        names = set(handle.keys())
+        assert names == {"fc.weight", "fc.weight.q_per_channel_scales", "fc.weight.q_per_channel_zero_points", "head.weight"}
+        assert torch.equal(handle.get_tensor("fc.weight"), q.int_repr())
+        assert torch.equal(handle.get_tensor("fc.weight.q_per_channel_scales"), q.q_per_channel_scales())
+        assert torch.equal(handle.get_tensor("fc.weight.q_per_channel_zero_points"), q.q_per_channel_zero_points())
+        assert torch.equal(handle.get_tensor("head.weight"), per_tensor.int_repr())
+        record = json.loads(handle.metadata()["quantization"])
+    assert record["fc.weight"]["params"][:2] == [{"tensor": "fc.weight.q_per_channel_scales"}, {"tensor": "fc.weight.q_per_channel_zero_points"}]
+    assert record["fc.weight"]["params"][2] == 0
+    assert record["head.weight"]["params"] == [0.05, 2]

@@ -6,11 +6,13 @@ import json
 import os
 import struct
 import threading
+from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Mapping
 
 from ckpt_migrate.io.atomic import atomic_path, remove_quietly
 from ckpt_migrate.io.hashing import HashThread, SequentialSha256
-from ckpt_migrate.model.checkpoint import Checkpoint
+from ckpt_migrate.model.checkpoint import Checkpoint, DerivedTensor, TensorRef
 from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError, VerificationError
 from ckpt_migrate.bundle.plain import plain_int, scalar, to_plain
 from ckpt_migrate.model.equality import same_tensor
@@ -38,7 +40,8 @@ def safetensors_metadata(checkpoint: Checkpoint) -> dict[str, str]:
         number = scalar(value)
         if number is not None and (key in SCALAR_EXTRAS or isinstance(number, (int, float))) and not isinstance(number, str):
             out[str(key)] = json.dumps(plain_int(number) if isinstance(number, int) else number)
-    quantized = {name: ref.quantization for name, ref in checkpoint.tensors.items() if getattr(ref, "quantization", None)}
+    quantized = {name: _quantization_record(name, ref.quantization) for name, ref in checkpoint.tensors.items()
+                 if getattr(ref, "quantization", None)}
     if quantized:
         out["quantization"] = json.dumps(to_plain(quantized))
     for key, value in (meta.get("safetensors_metadata") or {}).items():
@@ -48,6 +51,48 @@ def safetensors_metadata(checkpoint: Checkpoint) -> dict[str, str]:
 
         out.update(alias_metadata(meta["aliases"]))
     return out
+
+
+QUANTIZER_PARAM_NAMES = ("q_per_channel_scales", "q_per_channel_zero_points")
+
+
+def _quantizer_tensor_name(name: str, index: int) -> str:
+    label = QUANTIZER_PARAM_NAMES[index] if index < len(QUANTIZER_PARAM_NAMES) else f"q_param{index}"
+    return f"{name}.{label}"
+
+
+def _quantization_record(name: str, quantization: Mapping[str, Any]) -> dict[str, Any]:
+    """A quantized tensor's parameters for the metadata; tensor-valued ones name the tensor that holds them."""
+    params = [{"tensor": _quantizer_tensor_name(name, index)} if isinstance(param, (TensorRef, DerivedTensor)) else param
+              for index, param in enumerate(quantization.get("params") or [])]
+    return {**quantization, "params": params}
+
+
+def with_quantizer_tensors(checkpoint: Checkpoint) -> Checkpoint:
+    """Per-channel quantized tensors keep their scales and zero points as tensors beside them.
+
+    safetensors stores a quantized tensor as its integer representation; per-tensor scales fit in
+    the metadata as exact JSON numbers, but per-channel scales and zero points are tensors and would
+    be lost as text. They are written as ``<name>.q_per_channel_scales`` and
+    ``<name>.q_per_channel_zero_points`` (the names the TorchScript reader uses), and the metadata
+    points at them.
+
+    Raises:
+        UnsupportedFormatError: such a name is already taken by another tensor.
+    """
+    added: "OrderedDict[str, Any]" = OrderedDict()
+    for name, ref in checkpoint.tensors.items():
+        added[name] = ref
+        for index, param in enumerate((getattr(ref, "quantization", None) or {}).get("params") or []):
+            if isinstance(param, (TensorRef, DerivedTensor)):
+                companion = _quantizer_tensor_name(name, index)
+                if companion in checkpoint.tensors:
+                    raise UnsupportedFormatError(f"cannot write the quantizer parameters of {name!r}: {companion!r} is taken",
+                                                 path=checkpoint.meta.get("source"))
+                added[companion] = param
+    if len(added) == len(checkpoint.tensors):
+        return checkpoint
+    return replace(checkpoint, tensors=added)
 
 
 def check_representable(checkpoint: Checkpoint) -> None:
@@ -280,6 +325,7 @@ class SafetensorsWriter(Writer):
         from ckpt_migrate.converters.writers.safetensors import hf_layout
 
         check_representable(checkpoint)
+        checkpoint = with_quantizer_tensors(checkpoint)
         if checkpoint.meta.get("hf_prefix") and not options.max_shard_size and not dst.lower().endswith(".safetensors"):
             return hf_layout.write_hf_folder(checkpoint, dst, options)
         if options.dedupe_shared or options.hf_layout:
