@@ -434,3 +434,24 @@ def test_longest_legal_file_names_convert(tmp_path: Path) -> None:
     _check(run_guarded(["convert", str(src), str(dst)], tmp_path, [out]), 0)
     assert _only(out) == [dst.name]
     assert torch.equal(load_file(str(dst))["w"], _weights()["w"])
+
+
+def test_dcp_items_aliasing_one_region_count_it_once(tmp_path: Path) -> None:
+    """64 DCP items pointing at one 16 MB region: the output bound is relative to the 16 MB the folder holds."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    folder = tmp_path / "aliased.dcp"
+    dcp.save({"w": torch.zeros(4 << 20)}, checkpoint_id=str(folder), no_dist=True)
+
+    def alias(metadata: object) -> None:
+        (key, item), = list(metadata.storage_data.items())
+        for index in range(80):
+            metadata.state_dict_metadata[f"w{index}"] = metadata.state_dict_metadata["w"]
+            metadata.storage_data[MetadataIndex(f"w{index}", key.offset, key.index)] = item
+
+    _rewrite_metadata(folder, alias)
+    out = tmp_path / "out"
+    out.mkdir()
+    _check(run_guarded(["convert", str(folder), str(out / "o.safetensors")], tmp_path, [out]), 1, "--no-output-limit")
+    assert list(out.iterdir()) == []

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from ckpt_migrate.errors import LimitExceededError
-from ckpt_migrate.model.checkpoint import Checkpoint, DerivedTensor, TensorRef
+from ckpt_migrate.model.checkpoint import ByteSource, Checkpoint, DerivedTensor, TensorRef
 from ckpt_migrate.reports.units import human_size
 from ckpt_migrate.unpickler import StubObject
 
@@ -40,14 +40,48 @@ def _tensors_in(value: Any, seen: set[int]) -> Iterator[Any]:
             stack.extend(item)
 
 
-def _storages_of(tensor: Any, found: dict[int, int]) -> None:
+def _storages_of(tensor: Any, found: dict[int, Any]) -> None:
     stack = [tensor]
     while stack:
         item = stack.pop()
         if isinstance(item, TensorRef):
-            found.setdefault(id(item.storage), item.storage.nbytes)
+            found.setdefault(id(item.storage), item.storage)
         elif isinstance(item, DerivedTensor):
             stack.extend(item.inputs)
+
+
+def _ranges(source: ByteSource) -> Iterator[tuple[Any, int, int]]:
+    """(what holds the bytes, start, end) of a storage's bytes: a file by name, or an in-memory buffer."""
+    pieces = getattr(source, "pieces", None)
+    if pieces:
+        for piece in pieces:
+            yield from _ranges(piece)
+        return
+    holder = ("buffer", id(source.buffer)) if source.buffer is not None else ("file", source.name)
+    yield holder, source.offset, source.offset + source.length
+
+
+def held_bytes(storages: Iterable[Any]) -> int:
+    """The source bytes ``storages`` occupy, each byte counted once however many storages alias it.
+
+    Storages that share a byte range (64 DCP items pointing at one region, views of one buffer)
+    hold it once: the bound is relative to what the source really holds.
+    """
+    by_holder: dict[Any, list[tuple[int, int]]] = {}
+    for storage in storages:
+        for holder, start, end in _ranges(storage.source):
+            by_holder.setdefault(holder, []).append((start, end))
+    total = 0
+    for spans in by_holder.values():
+        reach = None
+        for start, end in sorted(spans):
+            if reach is None or start > reach:
+                total += end - start
+                reach = end
+            elif end > reach:
+                total += end - reach
+                reach = end
+    return total
 
 
 def output_estimate(tensors: Iterable[Any], *, shares_storage: bool = False) -> tuple[int, int]:
@@ -61,7 +95,7 @@ def output_estimate(tensors: Iterable[Any], *, shares_storage: bool = False) -> 
         The distinct storages' bytes, and what is written: each name's logical bytes, or with
         ``shares_storage`` the storages' bytes plus each derived (cast) tensor's bytes.
     """
-    storages: dict[int, int] = {}
+    storages: dict[int, Any] = {}
     derived: dict[int, int] = {}
     written = 0
     for tensor in tensors:
@@ -70,7 +104,7 @@ def output_estimate(tensors: Iterable[Any], *, shares_storage: bool = False) -> 
             written += tensor.nbytes
         elif isinstance(tensor, DerivedTensor):
             derived.setdefault(id(tensor), tensor.nbytes)
-    held = sum(storages.values())
+    held = held_bytes(storages.values())
     return held, (held + sum(derived.values())) if shares_storage else written
 
 
