@@ -455,3 +455,13 @@ def test_dcp_items_aliasing_one_region_count_it_once(tmp_path: Path) -> None:
     out.mkdir()
     _check(run_guarded(["convert", str(folder), str(out / "o.safetensors")], tmp_path, [out]), 1, "--no-output-limit")
     assert list(out.iterdir()) == []
+
+
+def test_training_args_json_renders_a_shared_structure_once() -> None:
+    from ckpt_migrate.bundle.trainer_files import inert_json
+
+    chain: list = [1, 2]
+    for _ in range(60):
+        chain = [chain, chain]
+    rendered = json.dumps(inert_json({"args": chain}))
+    assert len(rendered) < 10_000 and '"ref"' in rendered

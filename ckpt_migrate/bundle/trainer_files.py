@@ -50,21 +50,35 @@ def plain_state(root: Any, kind: str) -> tuple[Any, TrainingState]:
     return value, report
 
 
-def inert_json(value: Any, depth: int = 0) -> Any:
-    """JSON for inert data: an object's attributes as a dict, an enum-like call as its argument."""
-    if depth > 50:
-        return "…"
-    if isinstance(value, StubObject) and value.attributes and not value.items and not value.listitems:
-        return {str(k): inert_json(v, depth + 1) for k, v in value.attributes.items()}
-    if isinstance(value, AllowedCall):
-        if len(value.args) == 1 and (value.args[0] is None or isinstance(value.args[0], (bool, int, float, str))):
-            return value.args[0]
-        return {"call": value.func.dotted, "args": [inert_json(v, depth + 1) for v in value.args]}
-    if isinstance(value, dict):
-        return {str(k): inert_json(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [inert_json(v, depth + 1) for v in value]
-    return to_plain(value, max_items=1_000_000)
+def inert_json(value: Any) -> Any:
+    """JSON for inert data: an object's attributes as a dict, an enum-like call as its argument.
+
+    A structure shared in the file is rendered once; its repeats become ``{"ref": path}`` (a memo
+    DAG must not expand into an exponential tree), and depth is capped.
+    """
+    seen: dict[int, str] = {}
+
+    def render(item: Any, path: str, depth: int) -> Any:
+        if depth > 50:
+            return "…"
+        shared = isinstance(item, (StubObject, AllowedCall, dict, list, tuple))
+        if shared and not (isinstance(item, tuple) and not item):
+            if id(item) in seen:
+                return {"ref": seen[id(item)]}
+            seen[id(item)] = path or "$"
+        if isinstance(item, StubObject) and item.attributes and not item.items and not item.listitems:
+            return {str(k): render(v, f"{path}.{k}", depth + 1) for k, v in item.attributes.items()}
+        if isinstance(item, AllowedCall):
+            if len(item.args) == 1 and (item.args[0] is None or isinstance(item.args[0], (bool, int, float, str))):
+                return item.args[0]
+            return {"call": item.func.dotted, "args": [render(v, f"{path}.{i}", depth + 1) for i, v in enumerate(item.args)]}
+        if isinstance(item, dict):
+            return {str(k): render(v, f"{path}.{k}", depth + 1) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [render(v, f"{path}.{i}", depth + 1) for i, v in enumerate(item)]
+        return to_plain(item, max_items=1_000_000)
+
+    return render(value, "", 0)
 
 
 def _fsync(path: str) -> None:
