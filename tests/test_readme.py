@@ -138,6 +138,7 @@ def test_normalization_covers_only_what_varies() -> None:
     assert normalize("[ 3/18] converted a.pt → a.safetensors (0.53 s)") == normalize("[ 3/18] converted a.pt → a.safetensors (12.00 s)")
     assert normalize("3.8 MB in → 3.2 MB out; 5.3 files/s, 1.1 MB/s") == normalize("3.8 MB in → 3.2 MB out; 9 files/s, 20.5 kB/s")
     assert normalize("max abs diff 5.55e-16  ") == normalize("max abs diff 1.2e-07")
+    assert normalize("verified with onnxruntime, max abs diff 5.55e-16") == normalize("verified with onnxruntime, max abs diff 0")
     assert normalize("sha256 " + "a" * 64) == normalize("sha256 " + "0" * 64)
     assert normalize("3.8 MB in") != normalize("3.9 MB in")
     assert normalize("10 tensors, 247.8 kB") != normalize("11 tensors, 247.8 kB")
