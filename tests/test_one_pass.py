@@ -311,3 +311,21 @@ def test_failed_writes_leave_no_hash_thread_or_descriptor(tmp_path: Path, monkey
             api.convert(str(src), str(tmp_path / f"o{index}.safetensors"))
     assert len(os.listdir("/proc/self/fd")) == before_fds
     assert threading.active_count() == before_threads
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_hugging_face_weights_record_the_source_sha256_in_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool) -> None:
+    import helpers_hf as hf
+
+    src = tmp_path / "gpt2"
+    hf.save_bin_folder(hf.gpt2(), src, legacy=legacy)
+    weights = src / "pytorch_model.bin"
+    reads = SourceReads(monkeypatch, weights)
+    result = api.convert(str(weights), str(tmp_path / "model.safetensors"), hf_layout=True)
+    assert result.source_sha256 == result.report.details["metadata"]["source_sha256"] == sha256_of(weights)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["source_sha256"] == sha256_of(weights)
+        assert handle.metadata()["lm_head.weight"] == "transformer.wte.weight"
+    state = torch.load(weights, weights_only=True)
+    unique = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()}
+    assert reads.bytes == sum(unique.values())

@@ -210,7 +210,7 @@ def write_hf_folder(checkpoint: Checkpoint, dst: str, options: Any, *, prefix: s
         raise UsageError(f"{existing[0]} is a symlink; outputs are never written through links", path=dst)
     stale = _stale(dst, prefix, set(written))
     source = str(checkpoint.meta.get("source", dst))
-    digest = SourceDigest(checkpoint, options.source_hash)
+    digest = SourceDigest(checkpoint, options.source_hash, one_pass=True)
     metadata = digest.metadata(checkpoint)
     os.makedirs(dst, exist_ok=True)
     staging = os.path.join(dst, f".{prefix}{TEMP_MARKER}{os.getpid()}-{os.urandom(4).hex()}")
@@ -220,7 +220,7 @@ def write_hf_folder(checkpoint: Checkpoint, dst: str, options: Any, *, prefix: s
         for filename, names in layout.items():
             subset = OrderedDict((name, checkpoint.tensors[name]) for name in names)
             paths[filename] = write_tensors(subset, os.path.join(staging, filename), metadata, verify=options.verify,
-                                            source=source, stream=options.stream)["path"]
+                                            source=source, stream=options.stream, digest=digest)["path"]
         index = None
         if len(layout) > 1:
             index = build_index(layout, {name: int(ref.nbytes) for name, ref in checkpoint.tensors.items()})
@@ -239,13 +239,12 @@ def write_hf_folder(checkpoint: Checkpoint, dst: str, options: Any, *, prefix: s
         if fsync:
             fsync_path(dst)
     finally:
+        digest.close()
         remove_quietly(staging)
     outputs = [os.path.join(dst, name) for name in written]
-    from ckpt_migrate.converters.writers.safetensors.writer import safetensors_metadata
-
     kinds = sorted(set(paths.values()))
     return WriteReport(outputs, len(checkpoint.tensors), sum(os.path.getsize(path) for path in outputs), options.verify, {
-        "metadata": safetensors_metadata(checkpoint), "layout": "huggingface", "shards": len(layout),
+        "metadata": digest.written(checkpoint), "layout": "huggingface", "shards": len(layout),
         "index": os.path.join(dst, index_name(prefix)) if len(layout) > 1 else None, "aliases": removed,
         "path": kinds[0] if len(kinds) == 1 else "mixed",
     }, source_sha256=digest.result())
