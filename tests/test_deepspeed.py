@@ -288,3 +288,17 @@ def test_any_world_size_hand_written_layout(tmp_path: Path) -> None:
     for name, tensor in state.items():
         assert same(got[name].materialize(), tensor), name
     assert len(got["a.bias"].storage.source.pieces) == 2
+
+
+def test_deepspeed_folder_beside_config_json_becomes_the_model_folders_weights(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "zero2-fp32", src / "my-model" / "checkpoint")
+    (src / "my-model" / "config.json").write_text('{"model_type": "tiny"}\n')
+    result = run_cli("migrate", str(src), str(tmp_path / "dst"), "--to", "safetensors")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "dst" / "my-model"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert (out / "config.json").read_text() == '{"model_type": "tiny"}\n'
+    check_against_reference("zero2-fp32", load_file(str(out / "model.safetensors")), ordered=False)
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        assert handle.metadata()["format"] == "pt"

@@ -94,15 +94,24 @@ def index_shards(text: str | None) -> list[str]:
 
 
 def assign_roles(rels: list[str], checkpoints: set[str], *, to: str, hf_layout: bool,
-                 read_text: Callable[[str], str | None], checkpoints_only: bool = False, suffix: str = "") -> dict[str, Role]:
+                 read_text: Callable[[str], str | None], checkpoints_only: bool = False, suffix: str = "",
+                 folder_sources: Iterable[str] = ()) -> dict[str, Role]:
     """The role of every readable file of SRC (``rels``), given which ones are checkpoints.
 
     ``hf_layout`` turns on Hugging Face naming (safetensors output without ``--max-shard-size``);
     ``read_text`` reads a small file of SRC (a ``.bin`` index) by relative path; ``suffix`` is the
-    writer's output suffix (a shard set's single output is ``<stem><suffix>``).
+    writer's output suffix (a shard set's single output is ``<stem><suffix>``). ``folder_sources``
+    are checkpoint folders that hold one model's weights (a DeepSpeed checkpoint): one that sits
+    beside a ``config.json`` is that model folder's weights, written as ``model.safetensors``.
     """
-    folders = _folders(rels)
+    folder_sources = set(folder_sources)
+    folders = _folders([*rels, *folder_sources])
     roles: dict[str, Role] = {}
+    for rel in sorted(folder_sources):
+        folder, _ = posixpath.split(rel)
+        if hf_layout and "config.json" in folders[folder]:
+            target = posixpath.join(folder, "model.safetensors") if folder else "model.safetensors"
+            roles[rel] = Role(HF_WEIGHTS, target)
     for rel in rels:
         folder, name = posixpath.split(rel)
         names = folders[folder]

@@ -230,7 +230,9 @@ def migrate(
     readable = [entry.rel for entry in entries if entry.skip_reason is None and not entry.folder]
     roles = layout.assign_roles(readable, {rel for rel in readable if sniffed[rel].checkpoint}, to=to,
                                 hf_layout=to == "safetensors" and not options.max_shard_size, read_text=src.read_text,
-                                checkpoints_only=checkpoints_only, suffix=suffix)
+                                checkpoints_only=checkpoints_only, suffix=suffix,
+                                folder_sources=[e.rel for e in entries if e.folder and e.skip_reason is None
+                                                and sniffed.get(e.rel) is not None and sniffed[e.rel].reader == "deepspeed"])
     items = planning.build_plan(
         entries, sniffed, suffix=suffix, options_key=key, records=manifest.records, dest_stat=dst.stat,
         source_sha256=src.sha256, dest_sha256=dst.sha256, force=force, reserved=(MANIFEST_NAME, LOCK_NAME), roles=roles,
