@@ -114,3 +114,11 @@ def test_schema_infer_says_which_matches_are_guesses(tmp_path: Path) -> None:
     plain = run_cli("schema", "infer", "old.pt", "--target", "old.pt", "-o", "same.toml", cwd=tmp_path)
     assert plain.returncode == 0 and "guessed" not in plain.stdout
     assert "guesses" not in (tmp_path / "same.toml").read_text()
+
+
+def test_scan_names_an_unreadable_file_once(tmp_path: Path) -> None:
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(b"PK\x03\x04 garbage")
+    result = run_cli("scan", str(bad))
+    assert result.returncode == 1
+    assert result.stdout.count("trunc.pt: not a readable zip archive") == 1 and "static walk skipped" not in result.stdout

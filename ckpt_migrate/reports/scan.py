@@ -230,7 +230,8 @@ def _add_static(found: FileScan, policy: Policy) -> None:
     try:
         walks = _static_walks(found.path, found.format)
     except Exception as error:  # noqa: BLE001 - the static walk only adds detail; the reader's verdict stands
-        found.notes.append(f"static walk skipped: {type(error).__name__}: {error}")
+        if not found.error:
+            found.notes.append(f"static walk skipped: {type(error).__name__}: {error}")
         return
     known = {g.name for g in found.globals}
     for where, walked, interpreted in walks:
