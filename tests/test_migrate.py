@@ -191,6 +191,8 @@ def test_sigkill_midway_then_rerun_completes(tmp_path: Path) -> None:
         "import os, signal, sys\n"
         "from ckpt_migrate.batch import migrate\n"
         "from ckpt_migrate.batch.progress import Silent\n"
+        "import ckpt_migrate.batch.runner as runner\n"
+        "runner.DURABLE_BATCH = 1\n"
         "class KillAfterTwo(Silent):\n"
         "    count = 0\n"
         "    def advance(self, result, size):\n"

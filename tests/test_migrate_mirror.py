@@ -135,30 +135,48 @@ def test_a_source_file_named_like_the_manifest_is_not_copied_over_it(tmp_path: P
     assert latest["weights.pt"]["output"] == "weights.safetensors"
 
 
-def test_outputs_are_fsynced_before_their_manifest_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ckpt_migrate.batch.carry as carry
+def test_outputs_are_durable_before_their_manifest_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ckpt_migrate.batch.runner as runner
     from ckpt_migrate.batch.manifest import Manifest
 
     src, dst = tmp_path / "src", tmp_path / "out"
     build(src)
-    events: list[tuple[str, str]] = []
-    real_fsync, real_append = carry.fsync_path, Manifest.append
-    monkeypatch.setattr(carry, "fsync_path", lambda path: (events.append(("fsync", os.path.realpath(path))), real_fsync(path))[1])
+    events: list[tuple[str, object]] = []
+    real_durable, real_append = runner.make_durable, Manifest.append
+
+    def durable(paths: object, root: str) -> None:
+        paths = [os.path.realpath(p) for p in paths]  # type: ignore[union-attr]
+        real_durable(paths, root)
+        events.append(("durable", set(paths)))
 
     def append(self: Manifest, records: object) -> None:
         records = list(records)  # type: ignore[arg-type]
         events.extend(("record", r["output"]) for r in records if r.get("status") == "done")
         real_append(self, records)
 
+    monkeypatch.setattr(runner, "make_durable", durable)
     monkeypatch.setattr(Manifest, "append", append)
     assert migrate(src, dst, to="safetensors", executor="inline").exit_code == 0
     recorded = [(i, rel) for i, (kind, rel) in enumerate(events) if kind == "record"]
     assert len(recorded) == len(hf.CARRIED) + 1
     for index, rel in recorded:
-        target = os.path.realpath(dst / rel)
-        synced = [i for i, (kind, path) in enumerate(events) if kind == "fsync" and path == target]
-        folder = [i for i, (kind, path) in enumerate(events) if kind == "fsync" and path == os.path.dirname(target)]
-        assert synced and synced[0] < index and folder and folder[0] < index, rel
+        target = os.path.realpath(dst / rel)  # type: ignore[operator]
+        assert any(kind == "durable" and target in paths for kind, paths in events[:index]), rel  # type: ignore[operator]
+    assert sum(kind == "durable" for kind, _ in events) < len(recorded), "outputs are made durable in batches"
     events.clear()
     migrate(src, tmp_path / "fast", to="safetensors", executor="inline", fsync=False)
-    assert not [e for e in events if e[0] == "fsync"]
+    assert not [e for e in events if e[0] == "durable"]
+
+
+def test_durability_falls_back_to_fsync_of_each_file_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ckpt_migrate.io.durability as durability
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.bin").write_bytes(b"a")
+    assert durability._syncfs(str(tmp_path)) is True
+    synced: list[str] = []
+    monkeypatch.setattr(durability, "_syncfs", lambda root: False)
+    real = durability.fsync_path
+    monkeypatch.setattr(durability, "fsync_path", lambda path: (synced.append(path), real(path))[1])
+    durability.make_durable([str(tmp_path / "sub" / "a.bin")], str(tmp_path))
+    assert synced == [str(tmp_path / "sub" / "a.bin"), str(tmp_path / "sub")]

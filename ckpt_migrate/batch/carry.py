@@ -13,42 +13,9 @@ from typing import Any
 
 from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, UsageError, VerificationError
 from ckpt_migrate.io.atomic import remove_quietly, temp_name
+from ckpt_migrate.io.durability import sync_outputs
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.io.trees import CHUNK, Tree
-
-
-def fsync_path(path: str) -> None:
-    """fsync a file, or a folder where the file system allows it; errors of folders are ignored."""
-    is_dir = os.path.isdir(path)
-    try:
-        handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0))
-    except OSError:
-        if is_dir:
-            return
-        raise
-    try:
-        os.fsync(handle)
-    except OSError:
-        if not is_dir:
-            raise
-    finally:
-        os.close(handle)
-
-
-def sync_outputs(paths: list[str]) -> None:
-    """fsync every file under ``paths`` (files or folders), then each folder that holds them."""
-    folders = set()
-    for path in paths:
-        if os.path.isdir(path) and not os.path.islink(path):
-            for folder, _, files in os.walk(path):
-                for name in files:
-                    fsync_path(os.path.join(folder, name))
-                folders.add(folder)
-        elif os.path.isfile(path):
-            fsync_path(path)
-        folders.add(os.path.dirname(os.path.abspath(path)))
-    for folder in sorted(folders, key=len, reverse=True):
-        fsync_path(folder)
 
 
 def check_no_links(tree: Tree, rel: str) -> None:

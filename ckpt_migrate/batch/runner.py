@@ -25,6 +25,7 @@ from ckpt_migrate.batch.executors import DEFAULT_FILE_TIMEOUT, make_executor
 from ckpt_migrate.batch.manifest import LOCK_NAME, MANIFEST_NAME, Manifest
 from ckpt_migrate.batch.progress import Reporter, Silent
 from ckpt_migrate.batch.report import FileResult, MigrateReport
+from ckpt_migrate.io.durability import make_durable
 from ckpt_migrate.io.trees import Tree
 from ckpt_migrate.batch.worker import probe
 
@@ -257,6 +258,14 @@ def migrate(
     return outcome
 
 
+DURABLE_BATCH = 64
+DURABLE_SECONDS = 0.25
+DURABLE_ALONE = 16 << 20
+"""Results are recorded in batches: up to 64 at a time, after a quarter of a second, at once for a file
+of 16 MiB or more. Every output of a batch is made durable (one ``syncfs`` on a local DST) before its
+records are appended, so a record never names an output a power loss could take away."""
+
+
 def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Manifest, runner: Any, progress: Reporter,
              outcome: MigrateReport, key: str, options: ConvertOptions, fsync: bool = True) -> None:
     for rel in sorted(dst.temporaries()):
@@ -280,18 +289,35 @@ def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Man
                      "status": "started", "options": key} for item in todo)
     manifest.flush()
     hf_options = replace(options, hf_layout=True)
+    batch_durable = fsync and dst.local
     tasks = [{"index": index, "rel": item.source, "src": src.url_of(item.source), "dst_root": dst.url, "destination": item.destination,
-              "overwrite": item.overwrite, "options": key, "role": item.role, "outputs": item.outputs, "fsync": fsync,
+              "overwrite": item.overwrite, "options": key, "role": item.role, "outputs": item.outputs, "fsync": fsync and not batch_durable,
               "src_root": src.url, "members": item.members,
               "convert": hf_options if item.role in (layout.HF_WEIGHTS, layout.HF_SHARDS) else options}
              for index, item in enumerate(todo)]
     progress.start(len(todo), sum(item.size for item in todo))
-    try:
-        for result in runner.run(tasks):
-            item = by_source[result["source"]]
-            manifest.append([{**result, "size": item.size, "mtime": item.mtime}])
+    pending: list[tuple[planning.PlanItem, dict[str, Any]]] = []
+
+    def record_pending() -> None:
+        if batch_durable:
+            make_durable([dst.path(rel) for item, result in pending if result.get("status") == "done"
+                          for rel in (item.outputs or [item.destination]) if rel], dst.root)
+        manifest.append([{**result, "size": item.size, "mtime": item.mtime} for item, result in pending])
+        for item, result in pending:
             results[item.source] = _converted(item, result)
             progress.advance(result, item.size)
+        pending.clear()
+
+    try:
+        oldest = 0.0
+        for result in runner.run(tasks):
+            item = by_source[result["source"]]
+            if not pending:
+                oldest = time.monotonic()
+            pending.append((item, result))
+            if len(pending) >= DURABLE_BATCH or item.size >= DURABLE_ALONE or time.monotonic() - oldest >= DURABLE_SECONDS:
+                record_pending()
+        record_pending()
     finally:
         progress.close()
         manifest.flush()

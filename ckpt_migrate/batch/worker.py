@@ -88,7 +88,7 @@ def _rewrite_state(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
     if tree.local:
         found = rewrite(task["src"], tree.path(task["destination"]), force=task.get("overwrite", False), **kwargs)
         if task.get("fsync", True):
-            from ckpt_migrate.batch.carry import sync_outputs
+            from ckpt_migrate.io.durability import sync_outputs
 
             sync_outputs([tree.path(task["destination"])])
         digest = tree.sha256(task["destination"])
@@ -112,7 +112,7 @@ def _rewrite_state(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
 def _convert_shards(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
     """A ``.bin`` index and its shards → the safetensors files and index beside them in DST."""
     from ckpt_migrate.api import convert
-    from ckpt_migrate.batch.carry import sync_outputs
+    from ckpt_migrate.io.durability import sync_outputs
 
     folder = posixpath.dirname(task["destination"])
     outputs = list(task.get("outputs") or [task["destination"]])
@@ -139,7 +139,7 @@ def _convert_shards(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
 
 def _convert_file(task: dict[str, Any], tree: Tree) -> dict[str, Any]:
     from ckpt_migrate.api import convert
-    from ckpt_migrate.batch.carry import sync_outputs
+    from ckpt_migrate.io.durability import sync_outputs
 
     options = task["convert"]
     if tree.local:

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from ckpt_migrate.bundle.plain import to_plain
+from ckpt_migrate.io.durability import fsync_path
 from ckpt_migrate.bundle.training_state import TrainingState, optimizer_state, plain_data, scaler_state, scheduler_state
 from ckpt_migrate.errors import CkptMigrateError
 from ckpt_migrate.io.atomic import atomic_path
@@ -81,11 +82,6 @@ def inert_json(value: Any) -> Any:
     return render(value, "", 0)
 
 
-def _fsync(path: str) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
 def rewrite(src: str, dst: str, *, allow_calls: tuple[str, ...] = (), force: bool = False, verify: bool = True,
             fsync: bool = True) -> dict[str, Any]:
     """Rewrite Trainer file ``src`` as ``dst`` (a weights-only torch file, or JSON for ``training_args``).
@@ -127,6 +123,6 @@ def rewrite(src: str, dst: str, *, allow_calls: tuple[str, ...] = (), force: boo
         if verify:
             verify_normalized(tmp, data, src)
         if fsync:
-            _fsync(tmp)
+            fsync_path(tmp)
     return {"reader": reader, "format": raw.format, "kind": f"{kind}-state", "tensors": len(list(walk_tensors(data))),
             "converted": dict(report.converted)}

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from ckpt_migrate.converters.base import ReadOptions, WriteReport
 from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, UsageError, VerificationError
 from ckpt_migrate.io.atomic import TEMP_MARKER, remove_quietly
+from ckpt_migrate.io.durability import fsync_path
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.model.checkpoint import Checkpoint, DerivedTensor, TensorRef
 
@@ -138,21 +139,6 @@ def _stale(folder: str, prefix: str, keep: set[str]) -> list[str]:
     if not os.path.isdir(folder):
         return []
     return sorted(name for name in os.listdir(folder) if pattern.match(name) and name not in keep)
-
-
-def fsync_path(path: str) -> None:
-    """fsync a file or folder (folders: where the file system allows it)."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
-    try:
-        handle = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 def _verify_layout(folder: str, layout: Mapping[str, list[str]], index: dict[str, Any] | None, prefix: str, source: str) -> None:

@@ -1,0 +1,92 @@
+"""Making written outputs durable before anything records them: fsync of files and folders, or one syncfs.
+
+``migrate`` promises that a manifest record never names an output a power loss could still take
+away. Per file that costs an fsync of the output and of its folder; for a batch of outputs on one
+local file system a single ``syncfs`` of that file system does the same work once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Iterable
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file, or a folder where the file system allows it.
+
+    Raises:
+        OSError: a file cannot be opened or synced (errors of folders are ignored: some file
+            systems cannot sync a directory).
+    """
+    is_dir = os.path.isdir(path)
+    try:
+        handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0))
+    except OSError:
+        if is_dir:
+            return
+        raise
+    try:
+        os.fsync(handle)
+    except OSError:
+        if not is_dir:
+            raise
+    finally:
+        os.close(handle)
+
+
+def sync_outputs(paths: Iterable[str]) -> None:
+    """fsync every file under ``paths`` (files or folders), then each folder that holds them, deepest first.
+
+    Raises:
+        OSError: a file cannot be synced.
+    """
+    folders = set()
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            for folder, _, files in os.walk(path):
+                for name in files:
+                    fsync_path(os.path.join(folder, name))
+                folders.add(folder)
+        elif os.path.isfile(path):
+            fsync_path(path)
+        folders.add(os.path.dirname(os.path.abspath(path)))
+    for folder in sorted(folders, key=len, reverse=True):
+        fsync_path(folder)
+
+
+def _syncfs(root: str) -> bool:
+    """``syncfs(2)`` of the file system holding ``root``; False where the call does not exist."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    call = getattr(libc, "syncfs", None)
+    if call is None:
+        return False
+    handle = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if call(handle) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), root)
+    finally:
+        os.close(handle)
+    return True
+
+
+def make_durable(paths: Iterable[str], root: str) -> None:
+    """Make every output in ``paths`` (all under the local folder ``root``) durable, names included.
+
+    One ``syncfs`` of ``root``'s file system writes back every dirty file and directory entry on
+    it, which covers a whole batch of outputs at the cost of one call; where ``syncfs`` is missing,
+    each output and its folders are fsynced.
+
+    Raises:
+        OSError: the file system reports a write-back error.
+    """
+    paths = list(paths)
+    if not paths:
+        return
+    if not _syncfs(root):
+        sync_outputs(paths)
