@@ -23,19 +23,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckpt_migrate.model.provenance import TOOL_VERSION as __version__
-from ckpt_migrate.api import convert, inspect, load
-from ckpt_migrate.model.checkpoint import Checkpoint, TensorRef
-from ckpt_migrate import errors
-from ckpt_migrate.batch import migrate
-
 _LAZY = {
+    "load": ("ckpt_migrate.api", "load"),
+    "convert": ("ckpt_migrate.api", "convert"),
+    "inspect": ("ckpt_migrate.api", "inspect"),
     "scan": ("ckpt_migrate.reports.scan", "scan"),
     "diff": ("ckpt_migrate.reports.diff", "diff"),
     "check": ("ckpt_migrate.reports.check", "check"),
+    "migrate": ("ckpt_migrate.batch.runner", "migrate"),
+    "Checkpoint": ("ckpt_migrate.model.checkpoint", "Checkpoint"),
+    "TensorRef": ("ckpt_migrate.model.checkpoint", "TensorRef"),
+    "ConvertOptions": ("ckpt_migrate.options", "ConvertOptions"),
+    "errors": ("ckpt_migrate.errors", None),
+    "__version__": ("ckpt_migrate.model.provenance", "TOOL_VERSION"),
 }
+"""Public names, imported on first use so that ``import ckpt_migrate`` and ``ckpt-migrate --help`` stay light."""
 
-__all__ = ["Checkpoint", "TensorRef", "__version__", "check", "convert", "diff", "errors", "inspect", "load", "migrate", "scan"]
+__all__ = ["Checkpoint", "ConvertOptions", "TensorRef", "__version__", "check", "convert", "diff", "errors", "inspect", "load",
+           "migrate", "scan"]
 
 
 def __getattr__(name: str) -> Any:
@@ -43,5 +48,12 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module_name, attr = _LAZY[name]
-        return getattr(importlib.import_module(module_name), attr)
+        module = importlib.import_module(module_name)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'ckpt_migrate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
