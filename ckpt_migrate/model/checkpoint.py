@@ -7,6 +7,8 @@ streamed as raw bytes. Nothing here imports torch at import time.
 
 from __future__ import annotations
 
+import math
+
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -16,6 +18,23 @@ import ckpt_migrate.model.dtypes as _dtypes
 from ckpt_migrate.errors import CorruptFileError
 from ckpt_migrate.model.layout import is_row_major
 from ckpt_migrate.unpickler.verdicts import GlobalVerdict
+
+
+class _Sized:
+    """Element and byte counts of anything with a ``shape`` and a ``dtype`` (tensor references, derived tensors)."""
+
+    shape: tuple[int, ...]
+    dtype: _dtypes.DType
+
+    @property
+    def numel(self) -> int:
+        """Elements the shape holds (1 for a 0-d tensor)."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the shape holds at this dtype."""
+        return self.numel * self.dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -124,7 +143,7 @@ class StorageRef:
 
 
 @dataclass(eq=False)
-class TensorRef:
+class TensorRef(_Sized):
     """A lazy tensor: a strided view into a :class:`StorageRef`.
 
     ``offset`` and ``stride`` count elements, as in torch. ``quantization`` holds the quantizer
@@ -161,16 +180,6 @@ class TensorRef:
                 path=self.storage.source.name,
             )
 
-    @property
-    def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
 
     @property
     def byteorder(self) -> str:
@@ -221,7 +230,7 @@ class Checkpoint:
 
 
 @dataclass(eq=False)
-class DerivedTensor:
+class DerivedTensor(_Sized):
     """A tensor computed from references (a dtype cast, a concatenation): known shape and dtype, built on demand.
 
     ``build`` receives the torch tensors of ``inputs`` (in order) and returns the result.
@@ -237,16 +246,6 @@ class DerivedTensor:
     quantization: dict[str, Any] | None = None
     is_cast: bool = False
 
-    @property
-    def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
 
     def materialize(self) -> Any:
         return self.build(*(item.materialize() for item in self.inputs))

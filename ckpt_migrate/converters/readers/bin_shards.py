@@ -11,12 +11,12 @@ transformers uses for this model (``model`` or ``diffusion_pytorch_model``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import OrderedDict
 from typing import Any
 
+from ckpt_migrate.converters.readers.shard_index import read_shard_index
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 from ckpt_migrate.errors import CkptMigrateError, CorruptFileError, NotMyFormat
 from ckpt_migrate.io.members import member_path
@@ -25,7 +25,6 @@ from ckpt_migrate.model.checkpoint import TensorRef
 
 INDEX_SUFFIX = ".bin.index.json"
 SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.bin$")
-MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
 def hf_prefix(stem: str) -> str:
@@ -88,30 +87,6 @@ def shard_files(folder: str) -> list[str]:
     return [found[i] for i in range(1, total + 1)]
 
 
-def read_bin_index(path: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """The weight map and metadata of a ``.bin`` index, checked.
-
-    Raises:
-        CorruptFileError: not JSON, too large, or a weight map that is not name → ``.bin`` file in the same folder.
-    """
-    if os.path.getsize(path) > MAX_INDEX_BYTES:
-        raise CorruptFileError(f"index is over the {MAX_INDEX_BYTES}-byte limit", path=path)
-    try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CorruptFileError(f"index is not valid JSON: {error}", path=path) from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CorruptFileError("index has no weight_map", path=path)
-    for name, filename in weight_map.items():
-        if (not isinstance(filename, str) or not filename.endswith(".bin") or os.path.basename(filename) != filename
-                or "\\" in filename or filename in (".", "..")):
-            raise CorruptFileError(f"index maps {name!r} to {filename!r}, not a .bin shard in the same folder", path=path)
-    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-    return weight_map, metadata
-
-
 def _read_shard(path: str, options: ReadOptions) -> tuple["OrderedDict[str, TensorRef]", RawRead]:
     """One shard's state_dict, through the registry's reader for its bytes and the weight extraction.
 
@@ -163,7 +138,7 @@ class BinShardsReader(Reader):
         index = find_bin_index(path) if os.path.isdir(path) else path
         if index is not None:
             folder = os.path.dirname(os.path.abspath(index))
-            weight_map, index_metadata = read_bin_index(index)
+            weight_map, index_metadata = read_shard_index(index, ".bin")
             shards = list(OrderedDict.fromkeys(sorted(weight_map.values())))
             stem = os.path.basename(index)[: -len(INDEX_SUFFIX)]
         else:

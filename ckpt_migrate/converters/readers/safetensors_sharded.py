@@ -7,11 +7,10 @@ safetensors header reader and cross-checked against the index; a folder holding 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
-from typing import Any
 
+from ckpt_migrate.converters.readers.shard_index import read_shard_index
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
 from ckpt_migrate.converters.filenames import SAFETENSORS_INDEX as INDEX_NAME
 from ckpt_migrate.errors import CorruptFileError, NotMyFormat
@@ -20,7 +19,6 @@ from ckpt_migrate.io.source import Source
 from ckpt_migrate.model.checkpoint import TensorRef
 
 SINGLE_NAME = "model.safetensors"
-MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
 def find_index(folder: str) -> str | None:
@@ -35,30 +33,6 @@ def find_index(folder: str) -> str | None:
     if len(candidates) > 1:
         raise CorruptFileError(f"holds several index files ({', '.join(candidates)}); open one of them directly", path=folder)
     return os.path.join(folder, candidates[0]) if candidates else None
-
-
-def _read_index(path: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """The weight map and metadata of an index file, checked.
-
-    Raises:
-        CorruptFileError: not JSON, too large, or a weight map that is not name → plain shard file name.
-    """
-    if os.path.getsize(path) > MAX_INDEX_BYTES:
-        raise CorruptFileError(f"index is over the {MAX_INDEX_BYTES}-byte limit", path=path)
-    try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CorruptFileError(f"index is not valid JSON: {error}", path=path) from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CorruptFileError("index has no weight_map", path=path)
-    for name, filename in weight_map.items():
-        if (not isinstance(filename, str) or not filename.endswith(".safetensors") or os.path.basename(filename) != filename
-                or "/" in filename or "\\" in filename or filename in (".", "..")):
-            raise CorruptFileError(f"index maps {name!r} to {filename!r}, not a shard file name in the same folder", path=path)
-    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-    return weight_map, metadata
 
 
 def _read_shard(path: str, options: ReadOptions) -> tuple["OrderedDict[str, TensorRef]", dict[str, str]]:
@@ -103,7 +77,7 @@ class ShardedSafetensorsReader(Reader):
             meta = {"shards": [SINGLE_NAME], "index": None, "safetensors_metadata": metadata}
             return RawRead(tensors, "safetensors-sharded", {}, meta, tensors_only=True)
         folder = os.path.dirname(os.path.abspath(index))
-        weight_map, index_metadata = _read_index(index)
+        weight_map, index_metadata = read_shard_index(index, ".safetensors")
         tensors: "OrderedDict[str, TensorRef]" = OrderedDict()
         shards = sorted(set(weight_map.values()))
         first_metadata: dict[str, str] = {}

@@ -12,7 +12,6 @@ tensor is listed as left out with its reason.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from ckpt_migrate.converters.base import RawRead, ReadOptions, Reader
