@@ -13,6 +13,7 @@ from typing import Any
 
 from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, UsageError, VerificationError
 from ckpt_migrate.io.atomic import remove_quietly, temp_name
+from ckpt_migrate.io.hashing import file_sha256
 from ckpt_migrate.io.durability import sync_outputs
 from ckpt_migrate.io.source import Source
 from ckpt_migrate.io.trees import CHUNK, Tree
@@ -31,14 +32,6 @@ def check_no_links(tree: Tree, rel: str) -> None:
         path = tree.path("/".join(parts[:count]))
         if os.path.islink(path):
             raise UsageError("is a symlink inside the destination; outputs are never written through links", path=path)
-
-
-def _hash_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def copy_file(src: str, tree: Tree, rel: str, *, overwrite: bool, fsync: bool = True) -> dict[str, Any]:
@@ -69,7 +62,7 @@ def copy_file(src: str, tree: Tree, rel: str, *, overwrite: bool, fsync: bool = 
                 writer.write(chunk)
             writer.flush()
         expected = digest.hexdigest()
-        if _hash_file(tmp) != expected:
+        if file_sha256(tmp) != expected:
             raise VerificationError("the copy differs from the source", path=src)
         if tree.local:
             check_no_links(tree, rel)

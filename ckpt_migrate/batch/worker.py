@@ -17,9 +17,10 @@ import uuid
 from typing import Any
 
 from ckpt_migrate.io.atomic import temp_stem
+from ckpt_migrate.io.hashing import file_sha256
 from ckpt_migrate.options import ConvertOptions
 from ckpt_migrate.errors import CkptMigrateError, OutputExistsError, VerificationError
-from ckpt_migrate.io.trees import CHUNK, Tree
+from ckpt_migrate.io.trees import Tree
 
 
 def convert_one(task: dict[str, Any]) -> dict[str, Any]:
@@ -189,14 +190,6 @@ def _local_files(path: str) -> list[str]:
     return sorted(found)
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def upload(local: str, tree: Tree, rel: str) -> str:
     """Copy a local file (or folder) to ``rel`` under a remote tree, never exposing a partial object.
 
@@ -215,7 +208,7 @@ def upload(local: str, tree: Tree, rel: str) -> str:
         target = f"{rel}/{member}" if member else rel
         folder, name = posixpath.split(target)
         temp = posixpath.join(folder, f"{temp_stem(name)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        expected = _file_sha256(source)
+        expected = file_sha256(source)
         try:
             tree.fs.put_file(source, tree.path(temp))
             found = tree.stat(temp)

@@ -28,6 +28,16 @@ def stream_sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str) -> str:
+    """The sha256 of a local file, read in bounded chunks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as handle:
+        return stream_sha256(handle)
+
+
 def folder_sha256(members: Iterable[str], member_sha256: Callable[[str], str]) -> str:
     """The digest of a folder from its members' relative names (``/``-separated) and their digests.
 
