@@ -233,8 +233,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, options: ConvertOpti
         CkptMigrateError: any subclass; its ``exit_code`` says how the CLI exits.
     """
     options = ConvertOptions.from_kwargs(options, **kwargs)
+    src = os.fspath(src)
+    if options.tag is not None:
+        from ckpt_migrate.converters.readers.deepspeed import tagged_folder
+
+        src = tagged_folder(src, options.tag)
     with reporting(progress):
-        return _convert(os.fspath(src), os.fspath(dst), options)
+        return _convert(src, os.fspath(dst), options)
 
 
 def _convert(src: str, dst: str, options: ConvertOptions) -> ConvertResult:

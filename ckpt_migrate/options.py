@@ -42,6 +42,7 @@ class ConvertOptions:
     strict_schemas: bool = field(default=False, metadata=_flag("transform", "--strict", "A schema rule that touches nothing is an error.", is_flag=True))
     select: str | None = field(default=None, metadata=_flag("transform", "--select", "Take the weights from this key of a bundle (dotted path allowed).", metavar="KEY"))
     ema: bool = field(default=False, metadata=_flag("transform", "--ema", "Take the EMA weights (state_dict_ema / model_ema / ema).", is_flag=True))
+    tag: str | None = field(default=None, metadata=_flag("transform", "--tag", "DeepSpeed folders: read this checkpoint tag (global_stepN) instead of the one `latest` names.", metavar="TAG"))
     weights: str = field(default="master", metadata=_flag("transform", "--weights", "DeepSpeed ZeRO folders: master (fp32 weights from the optimizer partitions) or module (the module's own weights, stages 1-2).", choices=("master", "module"), show_default=True))
     arch: str | None = field(default=None, metadata=_flag("transform", "--arch", "Rebuild this architecture: vgg16, torchvision:resnet50, auto, or package.module:Class.", metavar="SPEC"))
     arch_kwargs: Mapping[str, Any] | None = field(default=None, metadata=_flag("transform", "--arch-kwargs", "Keyword arguments for the architecture builder, as JSON.", metavar="JSON"))

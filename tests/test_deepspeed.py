@@ -302,3 +302,33 @@ def test_deepspeed_folder_beside_config_json_becomes_the_model_folders_weights(t
     check_against_reference("zero2-fp32", load_file(str(out / "model.safetensors")), ordered=False)
     with safe_open(str(out / "model.safetensors"), "pt") as handle:
         assert handle.metadata()["format"] == "pt"
+
+
+def test_tag_chooses_another_step(tmp_path: Path) -> None:
+    top = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / "zero2-fp32", top)
+    shutil.copytree(FIXTURES / "zero2-bf16" / "global_step3", top / "global_step9")
+    latest, tagged = tmp_path / "latest.safetensors", tmp_path / "tagged.safetensors"
+    assert run_cli("convert", str(top), str(latest)).returncode == 0
+    result = run_cli("convert", str(top), str(tagged), "--tag", "global_step9")
+    assert result.returncode == 0, result.stderr
+    check_against_reference("zero2-fp32", load_file(str(latest)), ordered=False)
+    check_against_reference("zero2-bf16", load_file(str(tagged)), ordered=False)
+    wrong = run_cli("convert", str(top), str(tmp_path / "x.safetensors"), "--tag", "global_step7")
+    assert wrong.returncode == 2 and "global_step3, global_step9" in wrong.stderr
+    src = tmp_path / "tree"
+    shutil.copytree(top, src / "ds")
+    torch.save({"w": torch.ones(2)}, src / "plain.pt")
+    migrated = run_cli("migrate", str(src), str(tmp_path / "out"), "--to", "safetensors", "--tag", "global_step9")
+    assert migrated.returncode == 0, migrated.stderr
+    check_against_reference("zero2-bf16", load_file(str(tmp_path / "out" / "ds.safetensors")), ordered=False)
+    assert torch.equal(load_file(str(tmp_path / "out" / "plain.safetensors"))["w"], torch.ones(2))
+
+
+def test_inspect_tag(tmp_path: Path) -> None:
+    top = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / "zero2-fp32", top)
+    shutil.copytree(FIXTURES / "zero3-bf16" / "global_step3", top / "global_step9")
+    shown = run_cli("inspect", str(top), "--tag", "global_step9")
+    assert shown.returncode == 0, shown.stderr
+    assert "ZeRO-3, 2 ranks" in shown.stdout

@@ -293,7 +293,7 @@ def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Man
     tasks = [{"index": index, "rel": item.source, "src": src.url_of(item.source), "dst_root": dst.url, "destination": item.destination,
               "overwrite": item.overwrite, "options": key, "role": item.role, "outputs": item.outputs, "fsync": fsync and not batch_durable,
               "src_root": src.url, "members": item.members,
-              "convert": hf_options if item.role in (layout.HF_WEIGHTS, layout.HF_SHARDS) else options}
+              "convert": _options_for(item, options, hf_options)}
              for index, item in enumerate(todo)]
     progress.start(len(todo), sum(item.size for item in todo))
     pending: list[tuple[planning.PlanItem, dict[str, Any]]] = []
@@ -325,6 +325,14 @@ def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Man
             if item.action == planning.MEMBER:
                 results[item.source] = _member_result(item, results.get(item.group or ""))
         outcome.files = [results[item.source] for item in items if item.source in results]
+
+
+def _options_for(item: planning.PlanItem, options: ConvertOptions, hf_options: ConvertOptions) -> ConvertOptions:
+    """The options one file is converted with: Hugging Face naming for HF weights, ``--tag`` for DeepSpeed folders only."""
+    chosen = hf_options if item.role in (layout.HF_WEIGHTS, layout.HF_SHARDS) else options
+    if chosen.tag is not None and item.format != "deepspeed":
+        chosen = replace(chosen, tag=None)
+    return chosen
 
 
 def _member_result(item: planning.PlanItem, group: FileResult | None) -> FileResult:

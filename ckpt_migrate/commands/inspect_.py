@@ -68,13 +68,14 @@ def render_account(out: Any, storages: dict) -> None:
 @click.option("--ema", is_flag=True, help="Inspect the EMA weights.")
 @click.option("--weights", type=click.Choice(["master", "module"]), default="master", show_default=True,
               help="DeepSpeed ZeRO folders: fp32 master weights, or the module's own weights (stages 1-2).")
+@click.option("--tag", metavar="TAG", help="DeepSpeed folders: inspect this checkpoint tag (global_stepN) instead of the one `latest` names.")
 @click.option("--limit", default=40, show_default=True, help="Tensor rows to show (0: all).")
 @read_options
 @strict_calls_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress display (it is shown only on a terminal, never with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @handle_errors
-def command(src: str, select: str | None, ema: bool, weights: str, limit: int, allow_calls: tuple[str, ...], strict_calls: bool,
+def command(src: str, select: str | None, ema: bool, weights: str, tag: str | None, limit: int, allow_calls: tuple[str, ...], strict_calls: bool,
             quiet: bool, as_json: bool) -> None:
     """Show what SRC holds, without executing anything from it.
 
@@ -87,6 +88,10 @@ def command(src: str, select: str | None, ema: bool, weights: str, limit: int, a
     from ckpt_migrate.api import inspect
     from ckpt_migrate.commands.progress import progress_display
 
+    if tag is not None:
+        from ckpt_migrate.converters.readers.deepspeed import tagged_folder
+
+        src = tagged_folder(src, tag)
     with progress_display(quiet=quiet, as_json=as_json) as progress:
         report = inspect(src, allow_calls=allow_calls, select=select, ema=ema, strict_calls=strict_calls, weights=weights,
                          progress=progress)

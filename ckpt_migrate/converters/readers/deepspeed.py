@@ -83,6 +83,34 @@ def locate(path: str) -> tuple[str, str] | None:
     return None
 
 
+def tagged_folder(path: str, tag: str | None) -> str:
+    """``path`` itself, or with ``tag`` the tag folder (``global_stepN``) of the DeepSpeed checkpoint at ``path``.
+
+    Args:
+        path: the folder ``engine.save_checkpoint`` wrote (the one with ``latest``).
+        tag: the tag to read instead of the one ``latest`` names; None keeps ``path``.
+
+    Returns:
+        The folder to read.
+
+    Raises:
+        UsageError: ``tag`` is not a plain folder name, or ``path`` holds no such tag folder.
+    """
+    if tag is None:
+        return path
+    from ckpt_migrate.errors import UsageError
+
+    if not os.path.isfile(os.path.join(path, LATEST)):
+        raise UsageError("--tag applies to a DeepSpeed checkpoint folder (the one holding `latest`)", path=path)
+    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag:
+        raise UsageError(f"--tag {tag!r}: expected a tag folder name such as global_step3", path=path)
+    folder = os.path.join(path, tag)
+    if not os.path.isdir(folder) or locate(folder) is None:
+        tags = sorted(name for name in os.listdir(path) if os.path.isdir(os.path.join(path, name))) if os.path.isdir(path) else []
+        raise UsageError(f"--tag {tag!r}: no DeepSpeed checkpoint tag of that name here; tags: {', '.join(tags) or 'none'}", path=path)
+    return folder
+
+
 def partitioned_rank_file(root: Any) -> str | None:
     """Why a ``torch.save`` bundle is one rank's ZeRO-3 model states (placeholders, not weights), else ``None``."""
     if not isinstance(root, dict) or "ds_version" not in root or "param_shapes" not in root:
