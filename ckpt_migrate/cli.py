@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from ckpt_migrate.model.provenance import TOOL_VERSION
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("ckpt_migrate.commands.convert", "Convert one checkpoint to safetensors, ONNX, normalized or DCP."),
     "inspect": ("ckpt_migrate.commands.inspect_", "Show format, kind, tensors, extras and every global's verdict."),
@@ -49,7 +51,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="ckpt-migrate", prog_name="ckpt-migrate")
+@click.version_option(TOOL_VERSION, prog_name="ckpt-migrate")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 @click.pass_context
 def main_group(ctx: click.Context, debug: bool) -> None:

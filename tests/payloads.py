@@ -370,7 +370,11 @@ def harness_main(jobs_file: str) -> None:
 
     import numpy  # noqa: F401 - imported by ckpt-migrate's own numpy handlers; loading its .pyc files is not a payload
 
+    import ckpt_migrate.api  # noqa: F401 - ckpt-migrate's own modules (and the stdlib they import) load before the hook
+    import ckpt_migrate.converters.registry as registry
     from ckpt_migrate.cli import main_group
+
+    registry.list_readers()
 
     spec = json.loads(Path(jobs_file).read_text())
     seen: list[str] = []

@@ -8,7 +8,6 @@ local file system a single ``syncfs`` of that file system does the same work onc
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Iterable
 
@@ -58,10 +57,10 @@ def sync_outputs(paths: Iterable[str]) -> None:
 
 def _syncfs(root: str) -> bool:
     """``syncfs(2)`` of the file system holding ``root``; False where the call does not exist."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
         return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     call = getattr(libc, "syncfs", None)
     if call is None:
         return False

@@ -1,6 +1,6 @@
 """What an output says about where it came from: the tool's version and the source's published name.
 
-The version has one home, ``setup.cfg`` (read from the installed distribution's metadata). An
+The version has one home, :data:`TOOL_VERSION` here (``setup.cfg`` reads it). An
 output names its source by file name only: a full path such as ``/home/alice/projects/...`` stays
 in the local manifest and never travels with the weights.
 """
@@ -8,13 +8,10 @@ in the local manifest and never travels with the weights.
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from typing import Any, Mapping
 
-try:
-    TOOL_VERSION = metadata.version("ckpt-migrate")
-except metadata.PackageNotFoundError:
-    TOOL_VERSION = "0+unknown"
+TOOL_VERSION = "0.1.0"
+"""The one home of the version: ``setup.cfg`` reads it from here (``version = attr: …``)."""
 
 TOOL_LABEL = f"ckpt-migrate {TOOL_VERSION}"
 
