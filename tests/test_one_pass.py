@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import ckpt_migrate.api as api
+import ckpt_migrate.converters.writers.safetensors.plan as stream_plan
 import ckpt_migrate.converters.writers.safetensors.stream as stream
 from ckpt_migrate.converters.writers.safetensors.writer import SourceDigest, write_tensors
 from ckpt_migrate.errors import VerificationError
@@ -115,7 +116,7 @@ def test_one_pass_output_and_hash_equal_the_separate_passes(tmp_path: Path, fmt:
     assert one_hash == separate_hash == sha256_of(src)
     with safe_open(str(one), framework="pt") as handle:
         assert handle.metadata()["source_sha256"] == sha256_of(src)
-    plan = stream.plan_stream(checkpoint.tensors, json.loads(one.read_bytes()[8:8 + int.from_bytes(one.read_bytes()[:8], "little")])["__metadata__"])
+    plan = stream_plan.plan_stream(checkpoint.tensors, json.loads(one.read_bytes()[8:8 + int.from_bytes(one.read_bytes()[:8], "little")])["__metadata__"])
     stream.verify_stream(plan, str(one), str(src))
     reference = torch.load(src, weights_only=True)
     written = load_file(str(one))
@@ -173,7 +174,7 @@ def test_sharded_output_hashes_in_one_pass(tmp_path: Path, monkeypatch: pytest.M
 def test_corrupted_write_is_caught_by_both_paths_and_no_output_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pipeline: str) -> None:
     src = save(tmp_path, "zip")
     checkpoint = api.load(str(src), hash_source=False)
-    plan = stream.plan_stream(checkpoint.tensors, {})
+    plan = stream_plan.plan_stream(checkpoint.tensors, {})
     honest = stream._pwrite_all
     victim = next(entry for entry in plan.entries if entry.name == "tail.bias")
     start = plan.data_start + victim.begin + 4096

@@ -21,6 +21,7 @@ import ckpt_migrate.api as api
 
 import ckpt_migrate.model.dtypes as dtypes
 from ckpt_migrate.model.checkpoint import ByteSource, StorageRef, TensorRef
+import ckpt_migrate.converters.writers.safetensors.plan as stream_plan
 import ckpt_migrate.converters.writers.safetensors.stream as stream
 from ckpt_migrate.converters.base import ReadOptions
 from ckpt_migrate.converters.writers.safetensors.writer import write_tensors
@@ -295,8 +296,8 @@ def test_declines_what_it_cannot_stream_exactly(tmp_path: Path) -> None:
     remote = ByteSource("memory://a", ref.storage.source.offset, ref.storage.source.length, opener=lambda: open(src, "rb"))
     storage = StorageRef("0", ref.storage.dtype, ref.storage.numel, "cpu", remote)
     tensors = OrderedDict(a=TensorRef(storage, ref.dtype, ref.shape, ref.stride, ref.offset))
-    with pytest.raises(stream.CannotStream, match="not a local file"):
-        stream.plan_stream(tensors, {})
+    with pytest.raises(stream_plan.CannotStream, match="not a local file"):
+        stream_plan.plan_stream(tensors, {})
     details = write_tensors(tensors, str(tmp_path / "remote.safetensors"), {}, verify=True, source="memory://a")
     assert details["path"] == "general"
     assert_same(load_file(str(tmp_path / "remote.safetensors"))["a"], a, "a")
@@ -375,7 +376,7 @@ def test_copy_kernel_and_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_read_back_names_the_tensor_written_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = save({"a": torch.arange(64.0), "b": torch.arange(10.0)}, tmp_path / "s.pt", "zip")
-    plan = stream.plan_stream(api.load(str(src)).tensors, {})
+    plan = stream_plan.plan_stream(api.load(str(src)).tensors, {})
     honest = stream._pwrite_all
 
     def sloppy(fd, view, offset):
@@ -391,9 +392,9 @@ def test_read_back_names_the_tensor_written_wrong(tmp_path: Path, monkeypatch: p
         stream.verify_stream(plan, str(tmp_path / "unchecked.safetensors"), "s.pt")
 
 
-def planned(tmp_path: Path) -> tuple[stream.StreamPlan, Path]:
+def planned(tmp_path: Path) -> tuple[stream_plan.StreamPlan, Path]:
     src = save({"a": torch.arange(64.0), "b": torch.arange(10.0).reshape(2, 5).t()}, tmp_path / "s.pt", "zip")
-    plan = stream.plan_stream(api.load(str(src)).tensors, {"format": "pt"})
+    plan = stream_plan.plan_stream(api.load(str(src)).tensors, {"format": "pt"})
     out = tmp_path / "o.safetensors"
     stream.write_stream(plan, str(out), verify_source="s.pt")
     stream.verify_stream(plan, str(out), "s.pt")
@@ -428,7 +429,7 @@ def test_source_shorter_than_its_tensors_is_corrupt(tmp_path: Path) -> None:
     f32 = dtypes.get("float32")
     storage = StorageRef("0", f32, 8, "cpu", ByteSource(str(path), 0, 32))
     with pytest.raises(CorruptFileError, match="truncated"):
-        stream.plan_stream({"x": TensorRef(storage, f32, (8,), (1,))}, {})
+        stream_plan.plan_stream({"x": TensorRef(storage, f32, (8,), (1,))}, {})
 
 
 def test_in_memory_storages_stream(tmp_path: Path) -> None:

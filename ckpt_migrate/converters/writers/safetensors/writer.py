@@ -149,7 +149,8 @@ def write_tensors(tensors: Mapping[str, Any], path: str, metadata: dict[str, str
         UsageError: ``stream=True`` and the tensors cannot be streamed exactly.
         CorruptFileError: a source file ends before a tensor's bytes.
     """
-    from ckpt_migrate.converters.writers.safetensors.stream import CannotStream, plan_stream, write_stream
+    from ckpt_migrate.converters.writers.safetensors.plan import CannotStream, plan_stream
+    from ckpt_migrate.converters.writers.safetensors.stream import write_stream
 
     from ckpt_migrate.reports.progress import phase
 
