@@ -23,11 +23,8 @@ import ckpt_migrate.model.dtypes as dtypes
 from ckpt_migrate.model.checkpoint import ByteSource, StorageRef, TensorRef
 import ckpt_migrate.converters.writers.safetensors.plan as stream_plan
 import ckpt_migrate.converters.writers.safetensors.stream as stream
-from ckpt_migrate.converters.base import ReadOptions
 from ckpt_migrate.converters.writers.safetensors.writer import write_tensors
-from ckpt_migrate.converters.readers.torch_legacy import TorchLegacyReader
 from ckpt_migrate.errors import CorruptFileError, UsageError, VerificationError
-from ckpt_migrate.io.source import Source
 
 from conftest import ROOT, run_cli
 

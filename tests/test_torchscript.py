@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 from typing import List
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
