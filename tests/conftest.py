@@ -15,6 +15,21 @@ CORPUS = SHARED_CORPUS / "realworld"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+WEIGHT_KINDS = {"full_model", "state_dict", "bundle", "lightning"}
+"""Manifest kinds of corpus files that hold model weights."""
+
+
+def corpus_manifest(folder: Path) -> list[dict[str, str]]:
+    """The rows of a shared corpus's ``manifest.tsv`` (empty when the corpus is absent; :func:`check_corpus_present` fails under CI)."""
+    import csv
+
+    path = folder / "manifest.tsv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
 def corpus_mark(path: Path) -> pytest.MarkDecorator:
     """Skip tests of a missing shared corpus on a developer's machine; under CI (``CI=true``) run them, so they fail."""
     return pytest.mark.skipif(not path.exists() and not IN_CI, reason=f"{path} is not present (under CI=true this fails)")

@@ -6,7 +6,6 @@ restricted loader accepts them, by ``torch.load(weights_only=True)`` as a refere
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -18,20 +17,13 @@ from ckpt_migrate.api import convert, load
 from ckpt_migrate.model.equality import same_tensor as bytes_equal
 from ckpt_migrate.errors import CkptMigrateError, SelectionError
 
-from conftest import CORPUS, check_corpus_present, corpus_mark, run_cli
-
-WEIGHT_KINDS = {"full_model", "state_dict", "bundle", "lightning"}
+from conftest import CORPUS, WEIGHT_KINDS, check_corpus_present, corpus_manifest, corpus_mark, run_cli
 
 
-def manifest() -> list[dict[str, str]]:
-    path = CORPUS / "manifest.tsv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
 
 
-ROWS = manifest()
+
+ROWS = corpus_manifest(CORPUS)
 pytestmark = corpus_mark(CORPUS)
 
 

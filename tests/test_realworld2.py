@@ -6,7 +6,6 @@ reference where the manifest says ``ok``.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -16,22 +15,15 @@ from safetensors.torch import load_file
 from ckpt_migrate.api import convert
 from ckpt_migrate.model.equality import same_tensor as bytes_equal
 
-from conftest import SHARED_CORPUS, check_corpus_present, corpus_mark, run_cli
+from conftest import SHARED_CORPUS, WEIGHT_KINDS, check_corpus_present, corpus_manifest, corpus_mark, run_cli
 
 CORPUS2 = SHARED_CORPUS / "realworld2"
-WEIGHT_KINDS = {"full_model", "state_dict", "bundle", "lightning"}
 pytestmark = corpus_mark(CORPUS2)
 
 
-def manifest() -> list[dict[str, str]]:
-    path = CORPUS2 / "manifest.tsv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
 
 
-ROWS = manifest()
+ROWS = corpus_manifest(CORPUS2)
 
 
 def _weight_bearing(row: dict[str, str]) -> bool:
