@@ -41,17 +41,17 @@ def read_raw(src: str, *, allow_calls: Iterable[str] = (), limits: Limits = DEFA
         CorruptFileError: the file is malformed.
         LimitExceededError: the file asks for more work or memory than its budget.
     """
-    source = Source(str(src))
-    reader = registry.sniff(source)
-    try:
-        size = source.size() if not os.path.isdir(source.name) else 0
-    except (OSError, CkptMigrateError):
-        size = 0
-    options = ReadOptions(frozenset(allow_calls), limits, collect_only, strict_calls, Budget(limits, size), weights=weights)
-    try:
-        raw = reader.read(source, options)
-    except CkptMigrateError as error:
-        raise error.with_path(source.name)
+    with Source(str(src)) as source:
+        reader = registry.sniff(source)
+        try:
+            size = source.size() if not os.path.isdir(source.name) else 0
+        except (OSError, CkptMigrateError):
+            size = 0
+        options = ReadOptions(frozenset(allow_calls), limits, collect_only, strict_calls, Budget(limits, size), weights=weights)
+        try:
+            raw = reader.read(source, options)
+        except CkptMigrateError as error:
+            raise error.with_path(source.name)
     return raw, reader.name
 
 

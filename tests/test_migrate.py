@@ -260,6 +260,34 @@ def test_a_worker_that_dies_fails_only_its_file() -> None:
         make_executor("local", jobs=0)
 
 
+def test_files_waiting_behind_a_crash_or_a_timeout_on_the_same_worker_are_converted() -> None:
+    tasks = [{"rel": name, "src": name, "index": i} for i, name in enumerate(["a", "boom", "b", "hang", "c", "d"])]
+    executor = LocalExecutor(1, function=helpers_migrate_crash.crash_or_echo, file_timeout=2)
+    order = [(r["source"], r["status"]) for r in executor.run(tasks)]
+    assert order == [("a", "done"), ("boom", "failed"), ("b", "done"), ("hang", "failed"), ("c", "done"), ("d", "done")]
+
+
+def test_a_large_file_waits_for_an_idle_worker_not_behind_another_file() -> None:
+    import ckpt_migrate.batch.executors as executors
+
+    big = executors.PREFETCH_MAX_BYTES + 1
+    tasks = [{"rel": "slow", "src": "slow", "size": 10}, {"rel": "small", "src": "small", "size": 10},
+             {"rel": "big", "src": "big", "size": big}]
+    executor = LocalExecutor(1, function=helpers_migrate_crash.crash_or_echo)
+    worker = executor._start()
+    try:
+        from collections import deque
+
+        queue = deque(tasks)
+        executor._assign(worker, queue)
+        assert [t["rel"] for t in worker.tasks] == ["slow", "small"]
+        worker.tasks.popleft()
+        executor._assign(worker, queue)
+        assert [t["rel"] for t in worker.tasks] == ["small"] and [t["rel"] for t in queue] == ["big"]
+    finally:
+        executor._stop(worker)
+
+
 def test_natural_names_and_collisions_are_deterministic() -> None:
     assert natural_name("runs/best.pth.tar", ".safetensors") == "runs/best.safetensors"
     assert natural_name("weights", ".safetensors") == "weights.safetensors"

@@ -13,7 +13,7 @@ import sys
 import time
 import types
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Iterator
 
@@ -51,8 +51,14 @@ def _serve(conn: Connection, function: Callable[[dict[str, Any]], dict[str, Any]
 class _Worker:
     process: Any
     conn: Connection
-    task: dict[str, Any] | None = None
+    tasks: deque = field(default_factory=deque)
     deadline: float = 0.0
+
+
+PREFETCH_MAX_BYTES = 4 << 20
+"""A worker is handed a second task while it works on one when that task is this small: it never waits for
+the parent between small files. A bigger file goes only to an idle worker, so no large file waits behind
+another while a worker is free."""
 
 
 @contextlib.contextmanager
@@ -112,57 +118,72 @@ class LocalExecutor:
         try:
             for worker in workers:
                 self._assign(worker, queue)
-            while any(w.task is not None for w in workers):
-                busy = [w for w in workers if w.task is not None]
+            while any(w.tasks for w in workers):
+                busy = [w for w in workers if w.tasks]
                 remaining = max(0.0, min(w.deadline for w in busy) - time.monotonic())
                 wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=remaining)
                 for index, worker in enumerate(workers):
-                    if worker.task is None:
-                        continue
-                    result = self._collect(worker) or self._expire(worker)
-                    if result is None:
-                        continue
-                    yield result
+                    while worker.tasks:
+                        result = self._collect(worker, queue) or self._expire(worker, queue)
+                        if result is None:
+                            break
+                        yield result
                     if not worker.process.is_alive():
                         self._stop(worker)
-                        worker = workers[index] = self._start() if queue else worker
+                        if queue:
+                            worker = workers[index] = self._start()
                     self._assign(worker, queue)
         finally:
             for worker in workers:
                 self._stop(worker)
 
-    def _collect(self, worker: _Worker) -> dict[str, Any] | None:
-        assert worker.task is not None
-        task = worker.task
+    def _collect(self, worker: _Worker, queue: deque) -> dict[str, Any] | None:
+        """The running task's result when it has come, or a crash result when the worker died.
+
+        Tasks handed to a dead worker after the one it died on go back to the front of the queue.
+        """
         try:
             if worker.conn.poll():
-                worker.task = None
-                return worker.conn.recv()
+                result = worker.conn.recv()
+                worker.tasks.popleft()
+                worker.deadline = time.monotonic() + self.file_timeout
+                return result
         except (EOFError, OSError):
             pass
         if worker.process.is_alive():
             return None
         worker.process.join(1)
-        worker.task = None
+        task = self._requeue_waiting(worker, queue)
         code = worker.process.exitcode
         why = f"the worker process was killed by signal {-code}" if code is not None and code < 0 else f"the worker process exited with code {code}"
         return crashed(task, f"{why} while converting this file (out of memory?)")
 
-    def _expire(self, worker: _Worker) -> dict[str, Any] | None:
+    def _expire(self, worker: _Worker, queue: deque) -> dict[str, Any] | None:
         """Kill a worker whose file ran past its deadline; the file fails, the batch goes on."""
-        if worker.task is None or time.monotonic() < worker.deadline:
+        if not worker.tasks or time.monotonic() < worker.deadline:
             return None
-        task = worker.task
         worker.process.kill()
         worker.process.join(5)
-        worker.task = None
+        task = self._requeue_waiting(worker, queue)
         return crashed(task, f"took longer than {self.file_timeout:g} s (--file-timeout); its worker was stopped")
 
+    @staticmethod
+    def _requeue_waiting(worker: _Worker, queue: deque) -> dict[str, Any]:
+        """The task a stopped worker was running; the ones waiting behind it go back to the queue."""
+        running = worker.tasks.popleft()
+        queue.extendleft(reversed(worker.tasks))
+        worker.tasks.clear()
+        return running
+
     def _assign(self, worker: _Worker, queue: deque) -> None:
-        if queue and worker.process.is_alive():
-            worker.task = queue.popleft()
-            worker.deadline = time.monotonic() + self.file_timeout
-            worker.conn.send(worker.task)
+        """Keep the worker busy: a task when it is idle, and a small second one waiting behind its current one."""
+        while queue and worker.process.is_alive() and len(worker.tasks) < 2:
+            if worker.tasks and (queue[0].get("size") or 0) > PREFETCH_MAX_BYTES:
+                return
+            if not worker.tasks:
+                worker.deadline = time.monotonic() + self.file_timeout
+            worker.tasks.append(queue.popleft())
+            worker.conn.send(worker.tasks[-1])
 
     @staticmethod
     def _stop(worker: _Worker) -> None:

@@ -65,7 +65,8 @@ def sniff_file(url: str) -> planning.Sniffed:
     from ckpt_migrate.io.source import Source
 
     try:
-        reader = registry.sniff(Source(url))
+        with Source(url) as source:
+            reader = registry.sniff(source)
     except UnsupportedFormatError as error:
         return planning.Sniffed(False, reason=error.message.split(" (tried readers")[0])
     except CkptMigrateError as error:
@@ -290,7 +291,7 @@ def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Man
     manifest.flush()
     hf_options = replace(options, hf_layout=True)
     batch_durable = fsync and dst.local
-    tasks = [{"index": index, "rel": item.source, "src": src.url_of(item.source), "dst_root": dst.url, "destination": item.destination,
+    tasks = [{"index": index, "rel": item.source, "size": item.size, "src": src.url_of(item.source), "dst_root": dst.url, "destination": item.destination,
               "overwrite": item.overwrite, "options": key, "role": item.role, "outputs": item.outputs, "fsync": fsync and not batch_durable,
               "src_root": src.url, "members": item.members,
               "convert": _options_for(item, options, hf_options)}

@@ -47,11 +47,19 @@ def temp_name(dst: str) -> str:
     return os.path.join(folder, f"{temp_stem(name)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+_SCANNED_FOLDERS: dict[str, frozenset[str]] = {}
+"""Per folder, the temporary names found there by this process's first scan of it (see :func:`remove_stale_temporaries`)."""
+
+
 def remove_stale_temporaries(dst: str) -> list[str]:
     """Remove temporaries of ``dst`` left by runs that were killed (their process no longer exists).
 
     Only names built by :func:`temp_name` for this very destination are considered, and only
     those whose process id is not a live process on this machine; a live run's temporary stays.
+    A process lists each folder once and remembers the temporaries it saw there: listing a
+    folder for every output written into it costs time in proportion to the folder, so a batch
+    of thousands of outputs in one folder would pay for it thousands of times. Leftovers of a
+    run killed after that first listing are removed by the next process that writes there.
 
     Args:
         dst: the destination path.
@@ -62,10 +70,13 @@ def remove_stale_temporaries(dst: str) -> list[str]:
     folder, name = os.path.split(os.path.abspath(dst))
     stem = temp_stem(name)
     removed: list[str] = []
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return removed
+    entries = _SCANNED_FOLDERS.get(folder)
+    if entries is None:
+        try:
+            entries = frozenset(entry for entry in os.listdir(folder) if TEMP_MARKER in entry)
+        except OSError:
+            return removed
+        _SCANNED_FOLDERS[folder] = entries
     for entry in entries:
         if not entry.startswith(stem):
             continue

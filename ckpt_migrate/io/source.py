@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable
 
 from ckpt_migrate.model.checkpoint import ByteSource
 from ckpt_migrate.errors import CkptMigrateError
@@ -18,9 +18,39 @@ from ckpt_migrate.io.hashing import folder_sha256, stream_sha256
 
 @dataclass
 class Source:
-    """A checkpoint input: ``name`` for messages, ``url`` to open (a local path or an fsspec URL)."""
+    """A checkpoint input: ``name`` for messages, ``url`` to open (a local path or an fsspec URL).
+
+    What readers work out about the bytes once (a zip file's directory) is kept with the source
+    (:meth:`remembered`), so sniffing and reading the same source do not parse it again;
+    :meth:`close` releases it.
+    """
 
     url: str
+    _remembered: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def remembered(self, key: str, make: Callable[[], Any]) -> Any:
+        """What ``make()`` returned the first time ``key`` was asked for on this source.
+
+        A value with a ``close`` method is closed by :meth:`close`. An exception from ``make`` is
+        raised and nothing is remembered.
+        """
+        if key not in self._remembered:
+            self._remembered[key] = make()
+        return self._remembered[key]
+
+    def close(self) -> None:
+        """Close what :meth:`remembered` holds (open files), and forget it."""
+        held, self._remembered = self._remembered, {}
+        for value in held.values():
+            closer = getattr(value, "close", None)
+            if closer is not None:
+                closer()
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def name(self) -> str:

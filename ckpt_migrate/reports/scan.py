@@ -220,7 +220,8 @@ def _sniff_name(path: str) -> str | None:
     from ckpt_migrate.io.source import Source
 
     try:
-        return registry.sniff(Source(path)).name
+        with Source(path) as source:
+            return registry.sniff(source).name
     except Exception:  # noqa: BLE001 - the format is only a label here; the read error is already recorded
         return None
 

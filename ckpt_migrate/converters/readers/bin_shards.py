@@ -98,14 +98,14 @@ def _read_shard(path: str, options: ReadOptions) -> tuple["OrderedDict[str, Tens
     from ckpt_migrate.bundle.extract import extract
 
     path = member_path(os.path.dirname(path), os.path.basename(path), "shard listed in the index")
-    source = Source(path)
-    reader = registry.sniff(source)
-    if reader.name in (BinShardsReader.name, "safetensors-sharded", "dcp"):
-        raise CorruptFileError(f"shard is a {reader.name} file, not a torch.save state_dict", path=path)
-    try:
-        raw = reader.read(source, options)
-    except CkptMigrateError as error:
-        raise error.with_path(path)
+    with Source(path) as source:
+        reader = registry.sniff(source)
+        if reader.name in (BinShardsReader.name, "safetensors-sharded", "dcp"):
+            raise CorruptFileError(f"shard is a {reader.name} file, not a torch.save state_dict", path=path)
+        try:
+            raw = reader.read(source, options)
+        except CkptMigrateError as error:
+            raise error.with_path(path)
     if any(use.verdict == "refused" for use in raw.globals.values()):
         return OrderedDict(), raw
     tensors = raw.root if raw.tensors_only else extract(raw.root, fmt=raw.format).tensors

@@ -89,6 +89,17 @@ class TorchZipArchive:
         self.names = set(names)
         self.is_torchscript = f"{self.top}constants.pkl" in self.names or any(n.startswith(f"{self.top}code/") for n in names)
 
+    @classmethod
+    def of(cls, source: Source) -> "TorchZipArchive":
+        """The archive of ``source``, parsed once however many readers look at it (closed with the source).
+
+        Raises:
+            NotMyFormat: a zip file, but not a torch one.
+            CorruptFileError: the zip directory is malformed or lies.
+            UnsupportedFormatError: an encrypted entry.
+        """
+        return source.remembered("torch-zip-archive", lambda: cls(source))
+
     def close(self) -> None:
         self.zip.close()
         self.handle.close()
@@ -160,15 +171,10 @@ class TorchZipReader(Reader):
     def sniff(self, head: bytes, source: Source) -> None:
         if not head.startswith(ZIP_MAGIC):
             raise NotMyFormat()
-        archive = TorchZipArchive(source)
-        archive.close()
+        TorchZipArchive.of(source)
 
     def read(self, source: Source, options: ReadOptions) -> RawRead:
-        archive = TorchZipArchive(source)
-        try:
-            return self._read(archive, options)
-        finally:
-            archive.close()
+        return self._read(TorchZipArchive.of(source), options)
 
     def _read(self, archive: TorchZipArchive, options: ReadOptions, depth: int = 0,
               entry: str = "data.pkl", storage_folder: str = "data") -> RawRead:

@@ -218,27 +218,20 @@ class TorchScriptReader(Reader):
     def sniff(self, head: bytes, source: Source) -> None:
         if not head.startswith(ZIP_MAGIC):
             raise NotMyFormat()
-        archive = TorchZipArchive(source)
-        try:
-            if not archive.is_torchscript:
-                raise NotMyFormat()
-        finally:
-            archive.close()
+        if not TorchZipArchive.of(source).is_torchscript:
+            raise NotMyFormat()
 
     def read(self, source: Source, options: ReadOptions) -> RawRead:
-        archive = TorchZipArchive(source)
-        try:
-            reader = TorchZipReader()
-            raw = reader._read(archive, options)
-            decls = parse_declarations(self._code(archive))
-            constants: Any = ()
-            if f"{archive.top}constants.pkl" in archive.names:
-                found = reader._read(archive, options, entry="constants.pkl", storage_folder="constants")
-                constants = found.root
-                for name, use in found.globals.items():
-                    raw.globals.setdefault(name, use)
-        finally:
-            archive.close()
+        archive = TorchZipArchive.of(source)
+        reader = TorchZipReader()
+        raw = reader._read(archive, options)
+        decls = parse_declarations(self._code(archive))
+        constants: Any = ()
+        if f"{archive.top}constants.pkl" in archive.names:
+            found = reader._read(archive, options, entry="constants.pkl", storage_folder="constants")
+            constants = found.root
+            for name, use in found.globals.items():
+                raw.globals.setdefault(name, use)
         state = scripted_state(raw.root, decls, constants)
         raw.meta["declared_classes"] = len(decls)
         return RawRead(state, "torchscript", raw.globals, raw.meta)
