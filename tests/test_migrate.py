@@ -288,6 +288,20 @@ def test_a_large_file_waits_for_an_idle_worker_not_behind_another_file() -> None
         executor._stop(worker)
 
 
+def test_workers_started_early_are_used_or_stopped() -> None:
+    import multiprocessing
+
+    executor = LocalExecutor(2, function=helpers_migrate_crash.crash_or_echo)
+    executor.start()
+    early = {worker.process.pid for worker in executor.started}
+    results = list(executor.run([{"rel": "a", "src": "a"}]))
+    assert results[0]["status"] == "done" and results[0]["pid"] in early
+    assert executor.started == [] and multiprocessing.active_children() == []
+    executor.start()
+    executor.close()
+    assert executor.started == [] and multiprocessing.active_children() == []
+
+
 def test_natural_names_and_collisions_are_deterministic() -> None:
     assert natural_name("runs/best.pth.tar", ".safetensors") == "runs/best.safetensors"
     assert natural_name("weights", ".safetensors") == "weights.safetensors"

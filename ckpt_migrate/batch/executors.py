@@ -30,14 +30,23 @@ class InlineExecutor:
 
     name = "inline"
 
+    def start(self) -> None:
+        """Nothing to start: files are converted in this process."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
     def run(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for task in tasks:
             yield convert_one(task)
 
 
-def _serve(conn: Connection, function: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """A worker process's loop: receive a task, send ``function(task)``, until told to stop."""
+def _serve(conn: Connection, function: Callable[[dict[str, Any]], dict[str, Any]],
+           prepare: Callable[[], None] | None = None) -> None:
+    """A worker process's loop: ``prepare()`` once, then receive a task and send ``function(task)``, until told to stop."""
     try:
+        if prepare is not None:
+            prepare()
         while True:
             task = conn.recv()
             if task is None:
@@ -94,7 +103,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, jobs: int = 1, function: Callable[[dict[str, Any]], dict[str, Any]] = convert_one,
-                 file_timeout: float = DEFAULT_FILE_TIMEOUT) -> None:
+                 file_timeout: float = DEFAULT_FILE_TIMEOUT, prepare: Callable[[], None] | None = None) -> None:
         if jobs < 1:
             raise UsageError(f"--jobs must be at least 1, got {jobs}")
         if not file_timeout > 0:
@@ -103,10 +112,22 @@ class LocalExecutor:
         self.function = function
         self.file_timeout = float(file_timeout)
         self.context = multiprocessing.get_context("spawn")
+        self.prepare = prepare
+        self.started: list[_Worker] = []
+
+    def start(self) -> None:
+        """Start the workers now, so they start up (and ``prepare``) while the caller plans the batch."""
+        while len(self.started) < self.jobs:
+            self.started.append(self._start())
+
+    def close(self) -> None:
+        """Stop workers started by :meth:`start` that no run took."""
+        while self.started:
+            self._stop(self.started.pop())
 
     def _start(self) -> _Worker:
         parent, child = self.context.Pipe()
-        process = self.context.Process(target=_serve, args=(child, self.function), daemon=True, name="ckpt-migrate-worker")
+        process = self.context.Process(target=_serve, args=(child, self.function, self.prepare), daemon=True, name="ckpt-migrate-worker")
         with _caller_main_hidden():
             process.start()
         child.close()
@@ -114,7 +135,10 @@ class LocalExecutor:
 
     def run(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         queue = deque(tasks)
-        workers = [self._start() for _ in range(min(self.jobs, len(queue)))]
+        count = min(self.jobs, len(queue))
+        workers, self.started = self.started[:count], self.started[count:]
+        self.close()
+        workers += [self._start() for _ in range(count - len(workers))]
         try:
             for worker in workers:
                 self._assign(worker, queue)
@@ -223,6 +247,12 @@ class RayExecutor:
         self.jobs = jobs
         self.window = window
 
+    def start(self) -> None:
+        """Nothing to start early: Ray is started or reached when the run starts."""
+
+    def close(self) -> None:
+        """Nothing to stop: :meth:`run` shuts down what it started."""
+
     def run(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         import ray
 
@@ -271,7 +301,9 @@ def make_executor(name: str, *, jobs: int = 1, ray_address: str | None = None, f
         MissingDependencyError: ``ray`` without Ray installed.
     """
     if name == "local":
-        return LocalExecutor(jobs, file_timeout=file_timeout)
+        from ckpt_migrate.batch.worker import prepare
+
+        return LocalExecutor(jobs, file_timeout=file_timeout, prepare=prepare)
     if name == "ray":
         return RayExecutor(ray_address, jobs if jobs > 1 else None)
     if name == "inline":

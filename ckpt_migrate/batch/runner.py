@@ -77,6 +77,12 @@ def sniff_file(url: str) -> planning.Sniffed:
 
 
 def _sniff_all(src: Tree, entries: Sequence[Any], records: dict[str, dict[str, Any]]) -> dict[str, planning.Sniffed]:
+    """Each file's reader: from its manifest record when the file is unchanged, else by sniffing its head.
+
+    Local files are sniffed one after the other: a sniff is a few reads from the page cache and
+    Python work, which threads only slow down (they contend for the interpreter). Remote files wait
+    on the network, so they are sniffed 16 at a time.
+    """
     result: dict[str, planning.Sniffed] = {}
     todo = []
     for entry in entries:
@@ -87,10 +93,22 @@ def _sniff_all(src: Tree, entries: Sequence[Any], records: dict[str, dict[str, A
             result[entry.rel] = planning.Sniffed(True, record["reader"])
         else:
             todo.append(entry.rel)
-    with ThreadPoolExecutor(max_workers=4 if src.local else 16) as pool:
+    if src.local:
+        for rel in todo:
+            result[rel] = sniff_file(src.url_of(rel))
+        return result
+    with ThreadPoolExecutor(max_workers=16) as pool:
         for rel, sniffed in zip(todo, pool.map(lambda rel: sniff_file(src.url_of(rel)), todo)):
             result[rel] = sniffed
     return result
+
+
+def _changed(entry: Any, records: dict[str, dict[str, Any]]) -> bool:
+    """True when ``entry`` likely needs work: no successful record of it, or its size or mtime changed since."""
+    if entry.skip_reason is not None:
+        return False
+    record = records.get(entry.rel)
+    return not record or record.get("status") != "done" or record.get("size") != entry.size or not planning.same_time(record.get("mtime"), entry.mtime)
 
 
 @contextlib.contextmanager
@@ -224,10 +242,24 @@ def migrate(
     if src.in_process_only or dst.in_process_only:
         executor = "inline"
     runner = make_executor(executor, jobs=jobs, ray_address=ray_address, file_timeout=file_timeout) if not dry_run else None
+    try:
+        return _plan_and_run(src, dst, options, runner, executor, jobs, dry_run, report, progress, probe_kinds,
+                             checkpoints_only, fsync, suffix, started)
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def _plan_and_run(src: Tree, dst: Tree, options: ConvertOptions, runner: Any, executor: str, jobs: int, dry_run: bool,
+                  report: str | None, progress: Reporter | None, probe_kinds: bool, checkpoints_only: bool, fsync: bool,
+                  suffix: str, started: float) -> MigrateReport:
+    to, force, src_url, dst_url = options.to, options.force, src.url, dst.url
     key = options_key(options)
 
     manifest = Manifest(dst).load()
     entries = src.walk(exclude=src.relative(dst))
+    if runner is not None and (force or any(_changed(entry, manifest.records) for entry in entries)):
+        runner.start()
     sniffed = _sniff_all(src, entries, manifest.records)
     readable = [entry.rel for entry in entries if entry.skip_reason is None and not entry.folder]
     roles = layout.assign_roles(readable, {rel for rel in readable if sniffed[rel].checkpoint}, to=to,

@@ -53,6 +53,19 @@ def convert_one(task: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def prepare() -> None:
+    """Import what converting a file needs, once, when a worker starts (while the parent still plans the batch)."""
+    import ckpt_migrate.api  # noqa: F401 - imported for its side effect: the modules are loaded
+    import ckpt_migrate.converters.registry as registry
+
+    for name in registry.READERS.names():
+        registry.READERS.get(name)
+    for name in registry.list_writers():
+        if name in ("safetensors", "normalized"):
+            registry.get_writer(name)
+    import ckpt_migrate.converters.writers.safetensors.stream  # noqa: F401
+
+
 def crashed(task: dict[str, Any], why: str) -> dict[str, Any]:
     """The result for a file whose worker died (a hard crash, an OOM kill, a lost Ray task)."""
     return {"source": task["rel"], "index": task.get("index"), "options": task.get("options"), "status": "failed",
