@@ -31,9 +31,12 @@ from ckpt_migrate.options import ConvertOptions
 from conftest import run_cli
 
 
-@pytest.fixture(autouse=True, params=["inline", "threaded"])
+@pytest.fixture(autouse=True, params=["image", "inline", "threaded"])
 def pipeline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test twice: small outputs verify and hash on the writing thread; big ones on threads of their own (forced here)."""
+    """Every test three times: small outputs are assembled in memory, written and read back whole (forced here for
+    every output); middling ones are verified and hashed piece by piece on the writing thread; big ones on threads
+    of their own (forced here)."""
+    monkeypatch.setattr(stream, "IMAGE_MAX_BYTES", 1 << 40 if request.param == "image" else 0)
     if request.param == "threaded":
         import ckpt_migrate.io.hashing as hashing
 

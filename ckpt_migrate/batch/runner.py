@@ -14,7 +14,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import ckpt_migrate.converters.registry as registry
 from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError
@@ -76,7 +76,7 @@ def sniff_file(url: str) -> planning.Sniffed:
     return planning.Sniffed(True, reader.name)
 
 
-def _sniff_all(src: Tree, entries: Sequence[Any], records: dict[str, dict[str, Any]]) -> dict[str, planning.Sniffed]:
+def _sniff_all(src: Tree, entries: Sequence[Any], records: Mapping[str, Any]) -> dict[str, planning.Sniffed]:
     """Each file's reader: from its manifest record when the file is unchanged, else by sniffing its head.
 
     Local files are sniffed one after the other: a sniff is a few reads from the page cache and
@@ -103,7 +103,7 @@ def _sniff_all(src: Tree, entries: Sequence[Any], records: dict[str, dict[str, A
     return result
 
 
-def _changed(entry: Any, records: dict[str, dict[str, Any]]) -> bool:
+def _changed(entry: Any, records: Mapping[str, Any]) -> bool:
     """True when ``entry`` likely needs work: no successful record of it, or its size or mtime changed since."""
     if entry.skip_reason is not None:
         return False
@@ -304,7 +304,7 @@ def _execute(items: list[planning.PlanItem], src: Tree, dst: Tree, manifest: Man
     for rel in sorted(dst.temporaries()):
         dst.remove(rel)
         outcome.cleaned.append(rel)
-    if manifest.records or manifest.unreadable:
+    if manifest.needs_compaction:
         manifest.compact()
     results: dict[str, FileResult] = {}
     for item in items:

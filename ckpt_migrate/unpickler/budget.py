@@ -125,6 +125,18 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
+_NEVER_NUMERIC = frozenset({str, int, bool, bytes, type(None)})
+
+
 def numeric_key(key: Any) -> bool:
-    """True when ``key``'s hash is worth tracking: a float, complex, Fraction or Decimal."""
+    """True when ``key``'s hash is worth tracking: a float, complex, Fraction or Decimal.
+
+    The common types are decided by their exact type first: ``isinstance`` against ``Fraction``
+    and ``Decimal`` goes through the ABC machinery, and this runs for every item of every tuple.
+    """
+    kind = type(key)
+    if kind in _NEVER_NUMERIC:
+        return False
+    if kind is float or kind is complex:
+        return True
     return isinstance(key, _NUMERIC)

@@ -21,6 +21,8 @@ call: the shape of gadget chains), ``EXT`` opcodes (the copyreg registry can nam
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import ckpt_migrate.unpickler.allowlist as allowlist
@@ -145,6 +147,7 @@ even under ``--strict-calls``. Only exact names: a look-alike in another module 
 _NEVER = "a known code-execution gadget, never allowed, not even with --allow-call"
 
 
+@functools.lru_cache(maxsize=4096)
 def gadget_reason(dotted: str) -> str | None:
     """Why ``dotted`` is a known code-execution gadget that can never be allowed, or ``None``.
 

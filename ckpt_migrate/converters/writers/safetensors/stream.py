@@ -42,6 +42,7 @@ WINDOW_BYTES = 32 << 20
 COPY_BUFFER_BYTES = 1 << 20
 PIPELINE_BUFFERS = 8
 THREAD_MIN_BYTES = 8 << 20
+IMAGE_MAX_BYTES = 4 << 20
 FEED_WINDOWS = 2
 KERNEL_COPY_MAX = 1 << 30
 PAGE = mmap.PAGESIZE
@@ -434,7 +435,79 @@ class _Output:
             raise self.failure
 
 
-def _write_entry(entry: Entry, position: int, out: _Output, files: _Files) -> None:
+class _Image:
+    """A small output assembled in memory: one write, one read back, one comparison for the whole file.
+
+    For a file of a few kilobytes, a write, a read back and a hash step per tensor cost more than
+    the bytes they move. Here each source range is read once, straight into its place in the
+    image, and fed to the hash from there; :meth:`close` writes the image with one call and, when
+    verifying, reads the file back whole and compares it with the image (a difference names the
+    tensor it falls in). Used for outputs up to :data:`IMAGE_MAX_BYTES`.
+    """
+
+    def __init__(self, fd: int, path: str, verify: bool, label: str, hasher: HashThread | None, plan: StreamPlan) -> None:
+        self.fd, self.path, self.verify, self.label, self.hasher, self.plan = fd, path, verify, label, hasher, plan
+        self.image = bytearray(plan.size)
+        self.view = memoryview(self.image)
+        self.view[: len(plan.header)] = plan.header
+        self.closed = False
+
+    def copy(self, src_fd: int, src_offset: int, position: int, length: int, source_name: str, name: str, hashed: bool = False) -> None:
+        """Read a source range into its place; with ``hashed``, feed it to the hash from there.
+
+        Raises:
+            CorruptFileError: the source ends early.
+        """
+        target = self.view[position: position + length]
+        done = 0
+        while done < length:
+            count = os.preadv(src_fd, [target[done:]], src_offset + done)
+            if count == 0:
+                raise CorruptFileError(f"file ends at byte {src_offset + done}, {length - done} bytes before the end of tensor {name!r} "
+                                       "(truncated)", path=source_name)
+            done += count
+        if hashed and self.hasher is not None:
+            self.hasher.submit(src_offset, target)
+
+    def put(self, data: memoryview, position: int, name: str) -> None:
+        """Place bytes held in memory."""
+        self.view[position: position + len(data)] = data
+
+    def feed(self, data: Any, offset: int) -> None:
+        """Hand source bytes read elsewhere (a cast's window) to the hash."""
+        if self.hasher is not None:
+            self.hasher.submit(offset, data)
+
+    def close(self) -> None:
+        """Write the image; when verifying, read the file back and compare (once, however often called).
+
+        Raises:
+            VerificationError: the file reads back differently (the message names the tensor).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        _pwrite_all(self.fd, self.view, 0)
+        if not self.verify:
+            return
+        found = bytearray(len(self.image))
+        _pread_into(self.fd, memoryview(found), 0, self.path)
+        if found != self.image:
+            first = next(index for index in range(len(found)) if found[index] != self.image[index])
+            raise VerificationError(f"{self._what(first)} read back from the output differs from the source", path=self.label)
+
+    def discard(self) -> None:
+        """Give up an image that will not be written (a failure before :meth:`close`)."""
+        self.closed = True
+
+    def _what(self, offset: int) -> str:
+        for entry in self.plan.entries:
+            if self.plan.data_start + entry.begin <= offset < self.plan.data_start + entry.end:
+                return f"tensor {entry.name!r}"
+        return "the header"
+
+
+def _write_entry(entry: Entry, position: int, out: "_Output | _Image", files: _Files) -> None:
     source = entry.ref.storage.source
     length = entry.end - entry.begin
     if entry.raw and isinstance(source, PiecedSource):
@@ -524,11 +597,16 @@ def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None, 
         VerificationError: the output differs from the plan or the sources.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
-    out = _Output(fd, path, verify_source is not None, verify_source or path, hasher, plan.size)
+    out: _Output | _Image
+    if plan.size <= IMAGE_MAX_BYTES:
+        out = _Image(fd, path, verify_source is not None, verify_source or path, hasher, plan)
+    else:
+        out = _Output(fd, path, verify_source is not None, verify_source or path, hasher, plan.size)
     try:
         with _Files(hasher) as files:
             files.sink = out.feed
-            _pwrite_all(fd, memoryview(plan.header), 0)
+            if isinstance(out, _Output):
+                _pwrite_all(fd, memoryview(plan.header), 0)
             for entry in source_order(plan, files):
                 if entry.end > entry.begin:
                     _write_entry(entry, plan.data_start + entry.begin, out, files)
@@ -537,7 +615,7 @@ def write_stream(plan: StreamPlan, path: str, verify_source: str | None = None, 
         out.close()
     finally:
         try:
-            out.close()
+            out.close() if isinstance(out, _Output) else out.discard()
         except BaseException:  # noqa: BLE001 - the error already propagating wins
             pass
         os.close(fd)
