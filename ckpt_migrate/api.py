@@ -43,16 +43,29 @@ def read_raw(src: str, *, allow_calls: Iterable[str] = (), limits: Limits = DEFA
     """
     with Source(str(src)) as source:
         reader = registry.sniff(source)
-        try:
-            size = source.size() if not os.path.isdir(source.name) else 0
-        except (OSError, CkptMigrateError):
-            size = 0
-        options = ReadOptions(frozenset(allow_calls), limits, collect_only, strict_calls, Budget(limits, size), weights=weights)
-        try:
-            raw = reader.read(source, options)
-        except CkptMigrateError as error:
-            raise error.with_path(source.name)
+        raw = read_sniffed(source, reader, allow_calls=allow_calls, limits=limits, collect_only=collect_only,
+                           strict_calls=strict_calls, weights=weights)
     return raw, reader.name
+
+
+def read_sniffed(source: Source, reader: Any, *, allow_calls: Iterable[str] = (), limits: Limits = DEFAULT_LIMITS,
+                 collect_only: bool = False, strict_calls: bool = False, weights: str = "master") -> RawRead:
+    """Run ``reader`` (the one sniffing chose) on ``source`` with a fresh resource budget; see :func:`read_raw`.
+
+    Raises:
+        UnsafeFileError: the file names a known gadget (or, with ``strict_calls``, calls a name outside the allowlist).
+        CorruptFileError: the file is malformed.
+        LimitExceededError: the file asks for more work or memory than its budget.
+    """
+    try:
+        size = source.size() if not os.path.isdir(source.name) else 0
+    except (OSError, CkptMigrateError):
+        size = 0
+    options = ReadOptions(frozenset(allow_calls), limits, collect_only, strict_calls, Budget(limits, size), weights=weights)
+    try:
+        return reader.read(source, options)
+    except CkptMigrateError as error:
+        raise error.with_path(source.name)
 
 
 def load(
@@ -306,4 +319,5 @@ def _shard_set_to_folder(src: str, dst: str) -> bool:
     return False
 
 
-__all__ = ["ConvertResult", "InspectReport", "check_nothing_lost", "convert", "extract_weights", "inspect", "load", "prepare", "read_raw"]
+__all__ = ["ConvertResult", "InspectReport", "check_nothing_lost", "convert", "extract_weights", "inspect", "load", "prepare", "read_raw",
+           "read_sniffed"]

@@ -294,12 +294,29 @@ def test_workers_started_early_are_used_or_stopped() -> None:
     executor = LocalExecutor(2, function=helpers_migrate_crash.crash_or_echo)
     executor.start()
     early = {worker.process.pid for worker in executor.started}
-    results = list(executor.run([{"rel": "a", "src": "a"}]))
-    assert results[0]["status"] == "done" and results[0]["pid"] in early
-    assert executor.started == [] and multiprocessing.active_children() == []
-    executor.start()
+    results = list(executor.run([{"rel": "a", "src": "a"}, {"rel": "b", "src": "b"}]))
+    assert {r["status"] for r in results} == {"done"} and {r["pid"] for r in results} <= early
+    assert {worker.process.pid for worker in executor.started} == early
+    again = list(executor.run([{"rel": "c", "src": "c"}]))
+    assert again[0]["pid"] in early
     executor.close()
     assert executor.started == [] and multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_survey_by_the_workers_says_what_this_process_says(tree: tuple[Path, Path, dict], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, dry_run: bool) -> None:
+    import ckpt_migrate.batch.runner as runner
+
+    src, _, _ = tree
+    reports = {}
+    for threshold in (10**9, 1):
+        monkeypatch.setattr(runner, "SURVEY_CHUNK", 3)
+        monkeypatch.setattr(runner, "SURVEY_IN_WORKERS_FROM", threshold)
+        report = migrate(src, tmp_path / f"out{threshold}", to="safetensors", jobs=2, dry_run=dry_run, checkpoints_only=True)
+        reports[threshold] = [(f.source, f.format, f.action, f.status, f.kind, f.reason) for f in report.files]
+    assert reports[1] == reports[10**9]
+    assert any("refused" in (status, kind) for _, _, _, status, kind, _ in reports[1])
 
 
 def test_natural_names_and_collisions_are_deterministic() -> None:

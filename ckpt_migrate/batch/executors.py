@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Iterator
 
 from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError, UsageError
-from ckpt_migrate.batch.worker import convert_one, crashed
+from ckpt_migrate.batch.worker import crashed, run_task
 
 EXECUTORS = ("local", "ray", "inline")
 DEFAULT_FILE_TIMEOUT = 3600.0
@@ -38,7 +38,7 @@ class InlineExecutor:
 
     def run(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for task in tasks:
-            yield convert_one(task)
+            yield run_task(task)
 
 
 def _serve(conn: Connection, function: Callable[[dict[str, Any]], dict[str, Any]],
@@ -93,8 +93,10 @@ class LocalExecutor:
 
     Each worker handles one file at a time; the parent knows which file every worker holds, so a
     worker that dies fails exactly that file and is replaced. ``function`` (a module-level
-    callable, default :func:`convert_one`) is what workers run on each task. A file still running
-    after ``file_timeout`` seconds has its worker killed and fails with a message naming the limit.
+    callable, default :func:`~ckpt_migrate.batch.worker.run_task`) is what workers run on each
+    task. A file still running after ``file_timeout`` seconds has its worker killed and fails with
+    a message naming the limit. Workers idle at the end of a run stay up for the next one (the
+    survey of a batch, then its conversions) until :meth:`close`.
 
     Raises:
         UsageError: ``jobs`` is below 1, or ``file_timeout`` is not positive.
@@ -102,7 +104,7 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, jobs: int = 1, function: Callable[[dict[str, Any]], dict[str, Any]] = convert_one,
+    def __init__(self, jobs: int = 1, function: Callable[[dict[str, Any]], dict[str, Any]] = run_task,
                  file_timeout: float = DEFAULT_FILE_TIMEOUT, prepare: Callable[[], None] | None = None) -> None:
         if jobs < 1:
             raise UsageError(f"--jobs must be at least 1, got {jobs}")
@@ -159,7 +161,10 @@ class LocalExecutor:
                     self._assign(worker, queue)
         finally:
             for worker in workers:
-                self._stop(worker)
+                if not worker.tasks and worker.process.is_alive():
+                    self.started.append(worker)
+                else:
+                    self._stop(worker)
 
     def _collect(self, worker: _Worker, queue: deque) -> dict[str, Any] | None:
         """The running task's result when it has come, or a crash result when the worker died.
@@ -270,7 +275,7 @@ class RayExecutor:
                 raise CkptMigrateError(f"cannot start or reach {where}: {type(error).__name__}: {error}") from None
             started_here = True
         try:
-            remote = ray.remote(num_cpus=1, max_retries=1)(convert_one)
+            remote = ray.remote(num_cpus=1, max_retries=1)(run_task)
             window = self.window or max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
             queue = deque(tasks)
             pending: dict[Any, dict[str, Any]] = {}

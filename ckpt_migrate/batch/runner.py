@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import ckpt_migrate.converters.registry as registry
-from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError
+from ckpt_migrate.errors import CkptMigrateError, UsageError
 from ckpt_migrate.options import ConvertOptions
 import ckpt_migrate.batch.layout as layout
 import ckpt_migrate.batch.plan as planning
@@ -27,7 +27,7 @@ from ckpt_migrate.batch.progress import Reporter, Silent
 from ckpt_migrate.batch.report import FileResult, MigrateReport
 from ckpt_migrate.io.durability import make_durable
 from ckpt_migrate.io.trees import Tree
-from ckpt_migrate.batch.worker import probe
+from ckpt_migrate.batch.worker import survey
 
 
 def writer_suffix(to: str, max_shard_size: str | None) -> str:
@@ -60,47 +60,57 @@ def options_key(options: ConvertOptions) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def sniff_file(url: str) -> planning.Sniffed:
-    """Ask the registry which reader claims ``url`` by content (never by extension alone)."""
-    from ckpt_migrate.io.source import Source
-
-    try:
-        with Source(url) as source:
-            reader = registry.sniff(source)
-    except UnsupportedFormatError as error:
-        return planning.Sniffed(False, reason=error.message.split(" (tried readers")[0])
-    except CkptMigrateError as error:
-        return planning.Sniffed(True, reason=error.message)
-    except OSError as error:
-        return planning.Sniffed(True, reason=f"cannot read: {error}")
-    return planning.Sniffed(True, reader.name)
+SURVEY_CHUNK = 64
+"""Files per survey task: enough that a worker's round trip costs little beside the work, few enough to share it evenly."""
+SURVEY_IN_WORKERS_FROM = 256
+"""A batch with at least this many files to sniff is surveyed by the local workers; a smaller one by this process."""
 
 
-def _sniff_all(src: Tree, entries: Sequence[Any], records: Mapping[str, Any]) -> dict[str, planning.Sniffed]:
-    """Each file's reader: from its manifest record when the file is unchanged, else by sniffing its head.
+def _survey_all(src: Tree, entries: Sequence[Any], records: Mapping[str, Any], runner: Any,
+                probe: ConvertOptions | None) -> tuple[dict[str, planning.Sniffed], dict[str, tuple[str | None, str | None]]]:
+    """Each file's reader and, with ``probe`` (a dry run), its kind: ``(sniffed, kinds)``.
 
-    Local files are sniffed one after the other: a sniff is a few reads from the page cache and
-    Python work, which threads only slow down (they contend for the interpreter). Remote files wait
-    on the network, so they are sniffed 16 at a time.
+    An unchanged file's reader comes from its manifest record. The others are opened once each
+    (:func:`~ckpt_migrate.batch.worker.survey`): by the local worker processes, a chunk of files per
+    task, when there are many; else by this process, one after the other for local files (a sniff
+    is a few reads from the page cache and Python work, which threads only slow down) and 16 at a
+    time for remote ones, which wait on the network. A chunk whose worker dies is sniffed again
+    here, without its kinds.
     """
-    result: dict[str, planning.Sniffed] = {}
+    sniffed: dict[str, planning.Sniffed] = {}
+    kinds: dict[str, tuple[str | None, str | None]] = {}
     todo = []
     for entry in entries:
         if entry.skip_reason is not None:
             continue
         record = records.get(entry.rel)
         if record and record.get("reader") and record.get("size") == entry.size and planning.same_time(record.get("mtime"), entry.mtime):
-            result[entry.rel] = planning.Sniffed(True, record["reader"])
+            sniffed[entry.rel] = planning.Sniffed(True, record["reader"])
         else:
             todo.append(entry.rel)
-    if src.local:
+
+    def take(rel: str, found: dict[str, Any]) -> None:
+        sniffed[rel] = planning.Sniffed(found["checkpoint"], found["reader"], found["reason"])
+        if found["kind"] is not None:
+            kinds[rel] = (found["kind"], found["error"])
+
+    if src.local and getattr(runner, "name", None) == "local" and len(todo) >= SURVEY_IN_WORKERS_FROM:
+        chunks = [todo[start: start + SURVEY_CHUNK] for start in range(0, len(todo), SURVEY_CHUNK)]
+        tasks = [{"job": "survey", "rel": chunk[0], "index": index, "size": 0, "urls": [src.url_of(rel) for rel in chunk], "convert": probe}
+                 for index, chunk in enumerate(chunks)]
+        by_first = {chunk[0]: chunk for chunk in chunks}
+        for result in runner.run(tasks):
+            chunk = by_first[result["source"]]
+            for rel, found in zip(chunk, result.get("surveys") or [survey(src.url_of(rel)) for rel in chunk]):
+                take(rel, found)
+    elif src.local:
         for rel in todo:
-            result[rel] = sniff_file(src.url_of(rel))
-        return result
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        for rel, sniffed in zip(todo, pool.map(lambda rel: sniff_file(src.url_of(rel)), todo)):
-            result[rel] = sniffed
-    return result
+            take(rel, survey(src.url_of(rel), probe))
+    else:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for rel, found in zip(todo, pool.map(lambda rel: survey(src.url_of(rel), probe), todo)):
+                take(rel, found)
+    return sniffed, kinds
 
 
 def _changed(entry: Any, records: Mapping[str, Any]) -> bool:
@@ -233,7 +243,7 @@ def migrate(
     options = ConvertOptions.from_kwargs(options, **convert_options)
     if options.to is None:
         options = replace(options, to="safetensors")
-    to, force = options.to, options.force
+    to = options.to
     src_url, dst_url = os.fspath(src_dir), os.fspath(dst_dir)
     suffix = writer_suffix(to, options.max_shard_size)
     src, dst = Tree(src_url), Tree(dst_url)
@@ -241,7 +251,8 @@ def migrate(
         raise UsageError("DST_DIR is SRC_DIR or contains it; choose a destination outside the source tree", path=dst_url)
     if src.in_process_only or dst.in_process_only:
         executor = "inline"
-    runner = make_executor(executor, jobs=jobs, ray_address=ray_address, file_timeout=file_timeout) if not dry_run else None
+    surveying = dry_run and probe_kinds and executor == "local" and jobs > 1
+    runner = make_executor(executor, jobs=jobs, ray_address=ray_address, file_timeout=file_timeout) if not dry_run or surveying else None
     try:
         return _plan_and_run(src, dst, options, runner, executor, jobs, dry_run, report, progress, probe_kinds,
                              checkpoints_only, fsync, suffix, started)
@@ -258,9 +269,9 @@ def _plan_and_run(src: Tree, dst: Tree, options: ConvertOptions, runner: Any, ex
 
     manifest = Manifest(dst).load()
     entries = src.walk(exclude=src.relative(dst))
-    if runner is not None and (force or any(_changed(entry, manifest.records) for entry in entries)):
+    if runner is not None and not dry_run and (force or any(_changed(entry, manifest.records) for entry in entries)):
         runner.start()
-    sniffed = _sniff_all(src, entries, manifest.records)
+    sniffed, kinds = _survey_all(src, entries, manifest.records, runner, options if dry_run and probe_kinds else None)
     readable = [entry.rel for entry in entries if entry.skip_reason is None and not entry.folder]
     roles = layout.assign_roles(readable, {rel for rel in readable if sniffed[rel].checkpoint}, to=to,
                                 hf_layout=to == "safetensors" and not options.max_shard_size, read_text=src.read_text,
@@ -276,7 +287,10 @@ def _plan_and_run(src: Tree, dst: Tree, options: ConvertOptions, runner: Any, ex
     if dry_run:
         for item in items:
             if probe_kinds and item.action in (planning.CONVERT, planning.EXISTS) and item.format and item.kind is None:
-                item.kind, error = probe(src.url_of(item.source), options)
+                if item.source not in kinds:
+                    found = survey(src.url_of(item.source), options)
+                    kinds[item.source] = (found["kind"], found["error"])
+                item.kind, error = kinds[item.source]
                 if error and not item.reason:
                     item.reason = error
             status = {planning.SKIP: "skipped", planning.UP_TO_DATE: "up-to-date"}.get(item.action, "planned")

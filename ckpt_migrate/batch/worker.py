@@ -239,30 +239,78 @@ def upload(local: str, tree: Tree, rel: str) -> str:
     return digest.hexdigest()
 
 
-def probe(url: str, options: ConvertOptions) -> tuple[str, str | None]:
-    """A cheap look at a file's kind for a dry run: parse its pickle, read no tensor bytes.
+def survey(url: str, options: ConvertOptions | None = None) -> dict[str, Any]:
+    """Which reader claims a file and, with ``options`` (a dry run), what kind of checkpoint it is, opening it once.
+
+    The kind comes from parsing the file's pickle (no tensor bytes are read) with the batch's
+    ``select``, ``ema``, ``allow_calls`` and ``strict_calls``, so a dry run predicts what the
+    conversion will do.
 
     Args:
         url: the file to look at.
-        options: the batch's options (``select``, ``ema``, ``allow_calls``, ``strict_calls``), so the
-            dry run predicts what the conversion will do.
+        options: the batch's options; None to sniff only.
 
     Returns:
-        ``(kind, error)``; kind is ``refused`` for a file the conversion would refuse and ``?``
-        when the file cannot be opened (``error`` says why).
+        A dict: ``checkpoint`` (a reader claims it, or it looks like a damaged checkpoint),
+        ``reader``, ``reason`` (why it is not one, or what is wrong with it), and with ``options``
+        ``kind`` (``refused`` for a file the conversion would refuse, ``?`` when it cannot be
+        opened) and ``error`` (why).
     """
-    from ckpt_migrate.api import read_raw
+    import ckpt_migrate.converters.registry as registry
+    from ckpt_migrate.errors import UnsupportedFormatError
+    from ckpt_migrate.io.source import Source
+
+    found: dict[str, Any] = {"checkpoint": True, "reader": None, "reason": None, "kind": None, "error": None}
+    with Source(url) as source:
+        try:
+            reader = registry.sniff(source)
+        except UnsupportedFormatError as error:
+            return {**found, "checkpoint": False, "reason": error.message.split(" (tried readers")[0]}
+        except CkptMigrateError as error:
+            return _unopened(found, error.message, _one_line(str(error)), options)
+        except OSError as error:
+            return _unopened(found, f"cannot read: {error}", _one_line(f"{url}: cannot read: {error}"), options)
+        except Exception as error:  # noqa: BLE001 - hostile bytes: the file will be tried and fail with its own message
+            why = _one_line(f"cannot be sniffed: {type(error).__name__}: {error}")
+            return _unopened(found, why, f"{url}: {why}", options)
+        found["reader"] = reader.name
+        if options is not None:
+            found["kind"], found["error"] = _kind(source, reader, options)
+    return found
+
+
+def _unopened(found: dict[str, Any], reason: str, error: str, options: ConvertOptions | None) -> dict[str, Any]:
+    """A survey of a file that looks like a checkpoint but no reader could open: kind ``?`` when probing."""
+    return {**found, "reason": reason, "kind": "?" if options is not None else None, "error": error if options is not None else None}
+
+
+def _kind(source: Any, reader: Any, options: ConvertOptions) -> tuple[str, str | None]:
+    from ckpt_migrate.api import read_sniffed
     from ckpt_migrate.bundle.extract import Extraction, extract
 
-    select, ema = options.select, options.ema
     try:
-        raw, _ = read_raw(url, allow_calls=options.allow_calls, collect_only=True, strict_calls=options.strict_calls)
+        raw = read_sniffed(source, reader, allow_calls=options.allow_calls, collect_only=True, strict_calls=options.strict_calls)
         refused = [use.name for use in raw.globals.values() if use.verdict == "refused"]
         if refused:
-            return "refused", f"{url}: refused: calls {', '.join(refused)}"
-        found = Extraction(raw.root, {}, "state_dict") if raw.tensors_only else extract(raw.root, select=select, ema=ema, fmt=raw.format)
+            return "refused", f"{source.name}: refused: calls {', '.join(refused)}"
+        found = Extraction(raw.root, {}, "state_dict") if raw.tensors_only else extract(raw.root, select=options.select, ema=options.ema,
+                                                                                        fmt=raw.format)
         return found.kind, None
     except CkptMigrateError as error:
         return ("refused" if error.exit_code == 3 else "?"), _one_line(str(error))
     except Exception as error:  # noqa: BLE001 - a dry run reports, it does not stop
-        return "?", _one_line(f"{url}: {type(error).__name__}: {error}")
+        return "?", _one_line(f"{source.name}: {type(error).__name__}: {error}")
+
+
+def survey_files(task: dict[str, Any]) -> dict[str, Any]:
+    """A worker's share of a batch's survey: :func:`survey` of each of ``task["urls"]``, in order."""
+    options = task.get("convert")
+    return {"source": task["rel"], "index": task.get("index"), "status": "done",
+            "surveys": [survey(url, options) for url in task["urls"]]}
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """What a batch worker does with a task: survey files (``job`` ``survey``) or convert one."""
+    if task.get("job") == "survey":
+        return survey_files(task)
+    return convert_one(task)
