@@ -98,3 +98,25 @@ def test_converting_many_files_into_one_folder_lists_it_once(tmp_path: Path, mon
     assert listed.count(str(out)) == 1
     assert not dead.exists()
     assert sorted(p.name for p in out.iterdir()) == [f"m{index}.safetensors" for index in range(6)]
+
+
+def test_a_small_source_is_hashed_at_once_and_its_output_never_patched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    import ckpt_migrate.converters.writers.safetensors.writer as writer
+    from safetensors import safe_open
+
+    patched: list[str] = []
+    real_patch = writer.patch_metadata
+    monkeypatch.setattr(writer, "patch_metadata", lambda path, *args: (patched.append(path), real_patch(path, *args)))
+    small, large = tmp_path / "small.pt", tmp_path / "large.pt"
+    torch.save(_weights(), small)
+    torch.save({"w": torch.randn(512, 1024, generator=torch.Generator().manual_seed(1))}, large)
+    assert small.stat().st_size <= writer.EAGER_HASH_MAX_BYTES < large.stat().st_size
+    for src in (small, large):
+        result = convert(src, tmp_path / f"{src.stem}.safetensors")
+        expected = hashlib.sha256(src.read_bytes()).hexdigest()
+        assert result.source_sha256 == expected
+        with safe_open(str(tmp_path / f"{src.stem}.safetensors"), framework="pt") as handle:
+            assert handle.metadata()["source_sha256"] == expected
+    assert [os.path.basename(path).split(".ckpt-migrate-tmp-")[0] for path in patched] == [".large.safetensors"]

@@ -126,7 +126,9 @@ def plan_stream(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Stre
             raise CorruptFileError(f"storage of tensor {name!r} needs {ref.storage.nbytes} bytes but its range holds {source.length}", path=source.name)
         for piece in source.pieces if isinstance(source, PiecedSource) else (source,):
             if piece.buffer is None:
-                size = sizes.setdefault(piece.name, os.path.getsize(piece.name))
+                if piece.name not in sizes:
+                    sizes[piece.name] = os.path.getsize(piece.name)
+                size = sizes[piece.name]
                 if piece.offset + (piece.length if piece is not source else ref.storage.nbytes) > size:
                     raise CorruptFileError(f"storage of tensor {name!r} runs past the end of the file (truncated)", path=piece.name)
         items.append((name, ref, dtype))

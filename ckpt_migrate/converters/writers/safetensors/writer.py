@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from ckpt_migrate.io.atomic import atomic_path, remove_quietly
-from ckpt_migrate.io.hashing import HashThread, SequentialSha256
+from ckpt_migrate.io.hashing import HashThread, SequentialSha256, file_sha256
 from ckpt_migrate.model.checkpoint import Checkpoint, DerivedTensor, TensorRef
 from ckpt_migrate.errors import CkptMigrateError, UnsupportedFormatError, UsageError, VerificationError
 from ckpt_migrate.bundle.plain import plain_int, scalar, to_plain
@@ -21,6 +21,7 @@ from ckpt_migrate.converters.base import WriteReport, Writer
 from ckpt_migrate.options import ConvertOptions
 
 SHA256_PLACEHOLDER = "0" * 64
+EAGER_HASH_MAX_BYTES = 1 << 20
 RESERVED_NAME = "__metadata__"
 SCALAR_EXTRAS = ("epoch", "loss", "step", "global_step", "best_acc", "acc", "best_prec1", "best_loss")
 
@@ -193,6 +194,8 @@ class SourceDigest:
     ``write_tensors(digest=...)``. Otherwise (a folder, a remote source, ``one_pass=False``) a
     background thread reads the source again, overlapping the copy. Either way the metadata is
     written with :data:`SHA256_PLACEHOLDER` (same length) and patched in place once the hash is known.
+    A source of at most :data:`EAGER_HASH_MAX_BYTES` is hashed at once instead: reading a small
+    file twice from the page cache costs less than reopening, patching and re-parsing the output.
     """
 
     def __init__(self, checkpoint: Checkpoint, wanted: bool, one_pass: bool = False) -> None:
@@ -206,6 +209,9 @@ class SourceDigest:
             return
         if one_pass and "://" not in source and os.path.isfile(source):
             try:
+                if os.path.getsize(source) <= EAGER_HASH_MAX_BYTES:
+                    self.value = file_sha256(source)
+                    return
                 self.feed = HashThread(SequentialSha256(source))
                 return
             except OSError:
@@ -230,6 +236,8 @@ class SourceDigest:
         metadata = safetensors_metadata(checkpoint)
         if self.pending:
             metadata["source_sha256"] = SHA256_PLACEHOLDER
+        elif self.value is not None:
+            metadata["source_sha256"] = self.value
         return metadata
 
     def result(self) -> str | None:
