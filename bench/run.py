@@ -23,8 +23,7 @@ def _run(name: str, argv: list[str]) -> int:
     if name == "migrate":
         from bench_migrate import main as migrate_main
 
-        sys.argv = [sys.argv[0], *argv]
-        return migrate_main() or 0
+        return migrate_main(argv) or 0
     from bench_stream import main as stream_main
 
     return stream_main(argv) or 0
