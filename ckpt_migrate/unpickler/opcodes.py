@@ -84,7 +84,7 @@ def _op_binint(vm: Interpreter) -> None:
 
 
 def _op_binint1(vm: Interpreter) -> None:
-    vm._push(vm._read(1)[0])
+    vm._push(vm._read_byte())
 
 
 def _op_binint2(vm: Interpreter) -> None:
@@ -155,7 +155,7 @@ def _op_binunicode8(vm: Interpreter) -> None:
 
 
 def _op_short_binunicode(vm: Interpreter) -> None:
-    vm._push(str(vm._read(vm._read(1)[0]), "utf-8", "surrogatepass"))
+    vm._push(str(vm._read(vm._read_byte()), "utf-8", "surrogatepass"))
 
 
 def _op_binbytes(vm: Interpreter) -> None:
@@ -309,7 +309,7 @@ def _op_get(vm: Interpreter) -> None:
 
 
 def _op_binget(vm: Interpreter) -> None:
-    vm._push(vm._memo_get(vm._read(1)[0]))
+    vm._push(vm._memo_get(vm._read_byte()))
 
 
 def _op_long_binget(vm: Interpreter) -> None:
@@ -321,7 +321,7 @@ def _op_put(vm: Interpreter) -> None:
 
 
 def _op_binput(vm: Interpreter) -> None:
-    vm._memo_put(vm._read(1)[0], vm.stack[-1])
+    vm._memo_put(vm._read_byte(), vm.stack[-1])
 
 
 def _op_long_binput(vm: Interpreter) -> None:
@@ -443,4 +443,7 @@ DISPATCH: dict[int, Callable[[Interpreter], None]] = {
     0x93: _op_stack_global, 0x94: _op_memoize, 0x96: _op_bytearray8, 0x97: _op_next_buffer,
     0x98: _op_readonly_buffer, ord("."): _op_pop,
 }
+
+HANDLERS: tuple[Callable[[Interpreter], None] | None, ...] = tuple(DISPATCH.get(code) for code in range(256))
+""":data:`DISPATCH` as a table indexed by the opcode byte (``None`` for an unknown opcode): the interpreter's loop reads it."""
 

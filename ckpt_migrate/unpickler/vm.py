@@ -26,11 +26,15 @@ from ckpt_migrate.model.checkpoint import TensorRef
 from ckpt_migrate.unpickler.budget import Budget, numeric_key
 from ckpt_migrate.unpickler.context import CallContext
 from ckpt_migrate.unpickler.limits import DEFAULT_LIMITS, Limits
-from ckpt_migrate.unpickler.opcodes import DISPATCH
+from ckpt_migrate.unpickler.opcodes import HANDLERS
 from ckpt_migrate.unpickler.policy import WRAPPERS, Policy, call_verdict, classify
 from ckpt_migrate.unpickler.rebuilders import NumpyArrayBuilder, NumpyDTypeBuilder
 from ckpt_migrate.unpickler.stubs import CallRecord, GlobalRef, PickledOrderedDict, RefusedCall, StubObject, describe_value
 from ckpt_migrate.unpickler.verdicts import GlobalVerdict, merge_uses, refusal_error, refused, settle
+
+_BUILDERS = frozenset({NumpyArrayBuilder, NumpyDTypeBuilder})
+_FLAT = frozenset({str, bool, bytes, type(None)})
+"""Types whose items add nothing to a tuple's depth, size or hash risk."""
 
 PersistentLoad = Callable[[Any], Any]
 
@@ -157,6 +161,14 @@ class Interpreter:
         self.pos += size
         return chunk
 
+    def _read_byte(self) -> int:
+        """The next byte, as an int (the argument of the one-byte opcodes)."""
+        pos = self.pos
+        if pos >= len(self.data):
+            raise CorruptFileError(f"pickle declares 1 bytes at byte {pos} but only 0 remain", path=self.path)
+        self.pos = pos + 1
+        return self.data[pos]
+
     def _read_alloc(self, size: int) -> memoryview:
         """:meth:`_read` for an argument about to be copied into a new object: charged to the budget."""
         chunk = self._read(size)
@@ -190,7 +202,7 @@ class Interpreter:
         if index not in self.memo and len(self.memo) >= self.limits.max_memo:
             raise LimitExceededError(f"pickle memo exceeds {self.limits.max_memo} entries", path=self.path)
         self.memo[index] = value
-        if isinstance(value, (NumpyArrayBuilder, NumpyDTypeBuilder)):
+        if type(value) in _BUILDERS:
             self.builder_slots.setdefault(id(value), []).append(index)
 
     def _memo_get(self, index: int) -> Any:
@@ -332,8 +344,13 @@ class Interpreter:
         if known is not None:
             return known
         items = (value.start, value.stop, value.step) if type(value) is slice else value
-        big = any(type(i) is int and not -_HASH_MODULUS < i < _HASH_MODULUS for i in items)
-        numeric = any(numeric_key(i) for i in items)
+        big = numeric = False
+        for item in items:
+            kind = type(item)
+            if kind is int:
+                big = big or not -_HASH_MODULUS < item < _HASH_MODULUS
+            elif kind not in _FLAT and numeric_key(item):
+                numeric = True
         return 1, len(items) + 1, big, numeric
 
     def _track(self, value: Any) -> Any:
@@ -349,6 +366,8 @@ class Interpreter:
         depth, size, big, numeric = 1, len(items) + 1, False, False
         for item in items:
             item_kind = type(item)
+            if item_kind in _FLAT:
+                continue
             if item_kind is tuple or item_kind is frozenset or item_kind is slice:
                 child_depth, child_size, child_big, child_numeric = self._measure(item)
                 depth = max(depth, child_depth + 1)
@@ -375,21 +394,23 @@ class Interpreter:
 
     def _loop(self) -> Any:
         data = self.data
+        size = len(data)
         budget = self.budget
         limit = budget.max_ops
-        dispatch = DISPATCH
+        handlers = HANDLERS
         while True:
-            if self.pos >= len(data):
-                raise CorruptFileError(f"pickle ends at byte {self.pos} without STOP", path=self.path)
-            self.op_offset = self.pos
-            code = data[self.pos]
-            self.pos += 1
+            pos = self.pos
+            if pos >= size:
+                raise CorruptFileError(f"pickle ends at byte {pos} without STOP", path=self.path)
+            self.op_offset = pos
+            code = data[pos]
+            self.pos = pos + 1
             budget.ops += 1
             if budget.ops > limit:
                 budget.charge_ops(0)
-            op = dispatch.get(code)
+            op = handlers[code]
             if op is None:
-                raise CorruptFileError(f"unknown pickle opcode {bytes([code])!r} at byte {self.op_offset}", path=self.path)
+                raise CorruptFileError(f"unknown pickle opcode {bytes([code])!r} at byte {pos}", path=self.path)
             if code == 0x2E:  # STOP
                 if not self.stack:
                     raise CorruptFileError("pickle STOP with an empty stack", path=self.path)
