@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import ckpt_migrate.converters.registry as registry
+from ckpt_migrate.converters.filenames import WRITER_SUFFIXES
 from ckpt_migrate.errors import CkptMigrateError, UsageError
 from ckpt_migrate.options import ConvertOptions
 import ckpt_migrate.batch.layout as layout
@@ -36,11 +37,14 @@ def writer_suffix(to: str, max_shard_size: str | None) -> str:
     Raises:
         UsageError: no writer is registered under ``to``.
     """
-    if to not in registry.list_writers():
+    if to in WRITER_SUFFIXES:
+        suffixes = WRITER_SUFFIXES[to]
+    elif to in registry.list_writers():
+        suffixes = getattr(registry.WRITERS.entries()[to].load(), "suffixes", ()) or ()
+    else:
         raise UsageError(f"--to {to!r}: no such writer; registered: {', '.join(registry.list_writers())}")
     if max_shard_size and to == "safetensors":
         return ""
-    suffixes = getattr(registry.WRITERS.entries()[to].load(), "suffixes", ()) or ()
     return suffixes[0] if suffixes else ""
 
 

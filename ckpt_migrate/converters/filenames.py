@@ -13,6 +13,14 @@ CHECKPOINT_SUFFIXES = (".pth.tar", ".pt.tar", ".ckpt.tar", ".pth", ".pt", ".ckpt
                        ".safetensors", ".torch", ".model", ".weights", ".pyt", ".t7", ".pt2", ".onnx", ".distcp")
 """Longest first, so ``model.pth.tar`` loses ``.pth.tar`` and not only ``.tar``."""
 
+WRITER_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "safetensors": (".safetensors",),
+    "normalized": (".pt", ".pth", ".tar", ".ckpt"),
+    "dcp": (),
+    "onnx": (".onnx",),
+}
+"""The destination suffixes of the built-in writers (their ``suffixes``): the first one names ``migrate``'s outputs."""
+
 DCP_METADATA = ".metadata"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 

@@ -19,6 +19,7 @@ from ckpt_migrate.errors import MissingDependencyError, UnsupportedFormatError, 
 from ckpt_migrate.io.atomic import atomic_path
 from ckpt_migrate.model.checkpoint import Checkpoint
 from ckpt_migrate.options import ConvertOptions
+from ckpt_migrate.converters.filenames import WRITER_SUFFIXES
 
 
 def _contiguous_copies(value: Any) -> Any:
@@ -62,7 +63,7 @@ class DcpWriter(Writer):
 
     name = "dcp"
     description = "torch.distributed.checkpoint folder: model and training state"
-    suffixes = ()
+    suffixes = WRITER_SUFFIXES["dcp"]
     requires = ("torch",)
 
     def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:

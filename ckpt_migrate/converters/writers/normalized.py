@@ -27,6 +27,7 @@ from ckpt_migrate.model.provenance import source_label
 from ckpt_migrate.bundle.keys import WRAPPER_PREFIXES
 from ckpt_migrate.converters.base import WriteReport, Writer
 from ckpt_migrate.options import ConvertOptions
+from ckpt_migrate.converters.filenames import WRITER_SUFFIXES
 
 _PROVENANCE = ("source", "source_sha256", "reader", "format", "kind", "selected", "classes", "tool", "schemas", "stripped", "warnings",
                "left_out")
@@ -260,7 +261,7 @@ class NormalizedWriter(Writer):
 
     name = "normalized"
     description = "torch checkpoint that loads with weights_only=True: model, optimizer, scheduler, epoch"
-    suffixes = (".pt", ".pth", ".tar", ".ckpt")
+    suffixes = WRITER_SUFFIXES["normalized"]
     requires = ("torch",)
 
     def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:

@@ -24,6 +24,7 @@ from ckpt_migrate.model.provenance import source_label
 from ckpt_migrate.converters.base import WriteReport, Writer
 from ckpt_migrate.options import ConvertOptions
 from ckpt_migrate.reports.progress import phase
+from ckpt_migrate.converters.filenames import WRITER_SUFFIXES
 
 DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2}
 VERIFY_SEED = 0
@@ -331,7 +332,7 @@ class OnnxWriter(Writer):
 
     name = "onnx"
     description = "ONNX model (architecture rebuilt; checked with onnx.checker and onnxruntime)"
-    suffixes = (".onnx",)
+    suffixes = WRITER_SUFFIXES["onnx"]
     requires = ("onnx", "onnxruntime", "torch")
 
     def write(self, checkpoint: Checkpoint, dst: str, options: ConvertOptions) -> WriteReport:

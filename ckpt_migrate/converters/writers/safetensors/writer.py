@@ -19,6 +19,7 @@ from ckpt_migrate.model.equality import same_tensor
 from ckpt_migrate.model.provenance import source_label
 from ckpt_migrate.converters.base import WriteReport, Writer
 from ckpt_migrate.options import ConvertOptions
+from ckpt_migrate.converters.filenames import WRITER_SUFFIXES
 
 SHA256_PLACEHOLDER = "0" * 64
 EAGER_HASH_MAX_BYTES = 1 << 20
@@ -326,7 +327,7 @@ class SafetensorsWriter(Writer):
 
     name = "safetensors"
     description = "safetensors file (or sharded folder with --max-shard-size)"
-    suffixes = (".safetensors",)
+    suffixes = WRITER_SUFFIXES["safetensors"]
     requires = ("safetensors", "torch")
     hashes_source = True
 
