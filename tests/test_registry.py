@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import pickle
 from pathlib import Path
@@ -117,12 +118,12 @@ def test_duplicate_name_says_where_the_first_lives() -> None:
 
 def test_entry_point_reader_is_found_and_duplicates_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     point = SimpleNamespace(name="my-format", value="mypkg.reader:MyReader", dist=SimpleNamespace(name="mypkg"))
-    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [point] if group == "grp" else [])
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [point] if group == "grp" else [])
     fresh = registry.Registry("reader", {"torch-zip": "x:Y"}, "grp")
     assert fresh.names() == ["torch-zip", "my-format"]
     assert fresh.entries()["my-format"].origin == "entry point my-format of mypkg"
     clash = SimpleNamespace(name="torch-zip", value="evil:Reader", dist=SimpleNamespace(name="other"))
-    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [clash])
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [clash])
     with pytest.raises(registry.DuplicateNameError, match="already registered by ckpt-migrate"):
         registry.Registry("reader", {"torch-zip": "x:Y"}, "grp").entries()
 

@@ -8,17 +8,18 @@ completion order. A file whose worker dies (segfault, OOM kill, lost Ray node) c
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import sys
 import time
 import types
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError, UsageError
 from ckpt_migrate.batch.worker import crashed, run_task
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 EXECUTORS = ("local", "ray", "inline")
 DEFAULT_FILE_TIMEOUT = 3600.0
@@ -113,6 +114,8 @@ class LocalExecutor:
         self.jobs = jobs
         self.function = function
         self.file_timeout = float(file_timeout)
+        import multiprocessing
+
         self.context = multiprocessing.get_context("spawn")
         self.prepare = prepare
         self.started: list[_Worker] = []
@@ -136,6 +139,8 @@ class LocalExecutor:
         return _Worker(process, parent)
 
     def run(self, tasks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        from multiprocessing.connection import wait as wait_for
+
         queue = deque(tasks)
         count = min(self.jobs, len(queue))
         workers, self.started = self.started[:count], self.started[count:]
@@ -147,7 +152,7 @@ class LocalExecutor:
             while any(w.tasks for w in workers):
                 busy = [w for w in workers if w.tasks]
                 remaining = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-                wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=remaining)
+                wait_for([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=remaining)
                 for index, worker in enumerate(workers):
                     while worker.tasks:
                         result = self._collect(worker, queue) or self._expire(worker, queue)

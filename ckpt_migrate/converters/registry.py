@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from ckpt_migrate.errors import CkptMigrateError, NotMyFormat, UnsupportedFormatError, UsageError
@@ -84,6 +83,8 @@ class Registry:
 
     def entries(self) -> dict[str, Entry]:
         if self._entries is None:
+            from importlib import metadata
+
             self._entries = {name: Entry(name, target, "ckpt-migrate (built-in)") for name, target in self.builtins.items()}
             for point in metadata.entry_points(group=self.group):
                 origin = f"entry point {point.name} of {point.dist.name if point.dist else 'an installed package'}"
