@@ -16,7 +16,9 @@ same without reading the output back); ``naive``
 (``torch.load(weights_only=True)`` then ``safetensors.torch.save_file``); ``mmap`` (the same with
 ``torch.load(mmap=True)``, zip files only); ``fp16`` (the default conversion with ``--dtype fp16``, half the
 output: not run unless named); ``two-pass`` (the default conversion with the source hash taken by a
-second read of the source, as before issue 17: not run unless named).
+second read of the source, as before issue 17: not run unless named); ``sha256 only`` (Python's
+``hashlib.sha256`` of the file and nothing else: the floor of any pipeline that records the hash,
+since SHA-256 cannot be split across cores).
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ one_pass = writer.SourceDigest.__init__
 writer.SourceDigest.__init__ = lambda self, checkpoint, wanted, **_: one_pass(self, checkpoint, wanted, one_pass=False)
 sys.argv = ["ckpt-migrate", "convert", "--force", *sys.argv[1:]]
 runpy.run_module("ckpt_migrate", run_name="__main__")
+"""
+HASH_ONLY = """
+import hashlib, sys
+digest = hashlib.sha256()
+with open(sys.argv[1], "rb", buffering=0) as handle:
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
 """
 NAIVE = """
 import sys, torch
@@ -134,6 +143,7 @@ def pipelines(fmt: str, selected: Sequence[str]) -> dict[str, list[str]]:
     """Command lines (SRC and DST appended) of each pipeline that applies to ``fmt``."""
     table = {
         "cp": ["cp"],
+        "sha256 only": [sys.executable, "-c", HASH_ONLY],
         "ckpt-migrate": [sys.executable, "-m", "ckpt_migrate", "convert", "--force"],
         "no-hash": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--no-source-hash"],
         "no-verify": [sys.executable, "-m", "ckpt_migrate", "convert", "--force", "--no-verify", "--no-source-hash"],
@@ -197,6 +207,9 @@ def report(size: int, fmt: str, samples: dict[str, list[Sample]]) -> dict:
         disk = f"{m.disk / base.disk:.2f}x" if base else "-"
         rounds = " ".join(f"{s.disk / c.disk:.2f}" for s, c in zip(samples[name], samples["cp"])) if base else ""
         print(f"  {name:<14}{m.wall:>9.2f}{cache:>8}{m.disk:>9.2f}{disk:>8}{m.cpu:>8.2f}{m.rss_mib:>9.0f}  {rounds}")
+    floor = medians.get("sha256 only")
+    if floor and "ckpt-migrate" in medians:
+        print(f"  default conversion / sha256 of the file alone: {medians['ckpt-migrate'].wall / floor.wall:.2f}x (page cache)")
     return {"size": size, "format": fmt, "medians": {name: asdict(m) for name, m in medians.items()},
             "runs": {name: [asdict(s) for s in runs] for name, runs in samples.items()}}
 
@@ -221,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="256MB", help="comma-separated sizes (default 256MB; e.g. 2GB,8GB)")
     parser.add_argument("--formats", default="zip,legacy", help="zip and/or legacy")
     parser.add_argument("--runs", type=int, default=3, help="rounds per pipeline (median reported)")
-    parser.add_argument("--pipelines", default="cp,ckpt-migrate,no-hash,no-verify,naive,mmap", help="which pipelines to run")
+    parser.add_argument("--pipelines", default="cp,sha256 only,ckpt-migrate,no-hash,no-verify,naive,mmap", help="which pipelines to run")
     parser.add_argument("--workdir", default=None, help="folder for the files (default: a temporary folder)")
     parser.add_argument("--json", dest="json_path", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
