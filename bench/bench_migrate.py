@@ -176,6 +176,27 @@ def tiny(work: Path, count: int) -> None:
     settle(dst)
 
 
+SPIN = "import sys\ntotal = 0\nfor i in range(int(sys.argv[1])):\n    total += i * i % 7\n"
+
+
+def two_core_scaling(loops: int = 6_000_000) -> str:
+    """How much faster two CPU-bound Python processes finish than two in a row, on this machine, now.
+
+    The ceiling of ``--jobs 2`` over ``--jobs 1``: a busy host or two vCPUs on one physical core give
+    well under 2x whatever the program does.
+    """
+    argv = [sys.executable, "-c", SPIN, str(loops)]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    children = [subprocess.Popen(argv) for _ in range(2)]
+    for child in children:
+        child.wait()
+    two = time.perf_counter() - start
+    return f"two CPU-bound processes at once run {2 * one / two:.2f}x as fast as one after the other ({one:.2f} s alone)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -188,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + env_path if env_path else "")
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench-migrate-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+          f"{two_core_scaling()}")
     try:
         if args.mixed:
             mixed(work, args.mixed, args.runs)
@@ -197,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"after: load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {two_core_scaling()}")
     return 0
 
 
