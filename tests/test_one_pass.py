@@ -333,3 +333,26 @@ def test_hugging_face_weights_record_the_source_sha256_in_one_pass(tmp_path: Pat
     state = torch.load(weights, weights_only=True)
     unique = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()}
     assert reads.bytes == sum(unique.values())
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_big_outputs_start_their_write_back_as_they_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pipeline: str, verify: bool) -> None:
+    import ckpt_migrate.io.durability as durability
+
+    src = save(tmp_path, "zip")
+    started: list[int] = []
+
+    def counting(fd: int) -> None:
+        started.append(os.fstat(fd).st_size)
+        durability.start_writeback(fd)
+
+    monkeypatch.setattr(stream, "WRITEBACK_BYTES", 64 << 10)
+    monkeypatch.setattr(stream, "start_writeback", counting)
+    result = api.convert(str(src), str(tmp_path / "o.safetensors"), verify=verify, source_hash=verify)
+    written = load_file(str(tmp_path / "o.safetensors"))
+    reference = torch.load(src, weights_only=True)
+    assert all(torch.equal(written[name], tensor) for name, tensor in reference.items())
+    if pipeline == "image":
+        assert started == []
+    else:
+        assert len(started) >= 3 and started == sorted(started) and started[-1] <= result.report.bytes

@@ -55,6 +55,31 @@ def sync_outputs(paths: Iterable[str]) -> None:
         fsync_path(folder)
 
 
+_SYNC_FILE_RANGE_WRITE = 2
+_writeback_call: list = []
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages to disk now, without waiting for them.
+
+    A big output then reaches the disk while the rest is still being copied and hashed, instead
+    of all at once when the user's ``sync`` or the next flush comes (``sync_file_range(2)`` with
+    ``SYNC_FILE_RANGE_WRITE``; nothing where the call does not exist). It promises no durability:
+    that is :func:`fsync_path` and :func:`make_durable`.
+    """
+    if not _writeback_call:
+        try:
+            call = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+        except OSError:
+            call = None
+        if call is not None:
+            call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        _writeback_call.append(call)
+    call = _writeback_call[0]
+    if call is not None:
+        call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
 def _syncfs(root: str) -> bool:
     """``syncfs(2)`` of the file system holding ``root``; False where the call does not exist."""
     try:

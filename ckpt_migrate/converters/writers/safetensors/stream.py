@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 import ckpt_migrate.model.dtypes as _dtypes
 from ckpt_migrate.model.checkpoint import ByteSource, PiecedSource, TensorRef
 from ckpt_migrate.errors import CorruptFileError, VerificationError
+from ckpt_migrate.io.durability import start_writeback
 from ckpt_migrate.io.hashing import HashThread
 from ckpt_migrate.converters.writers.safetensors.plan import (
     CannotStream, Entry, StreamPlan, needs_swap, planned_header,
@@ -43,6 +44,9 @@ COPY_BUFFER_BYTES = 1 << 20
 PIPELINE_BUFFERS = 8
 THREAD_MIN_BYTES = 8 << 20
 IMAGE_MAX_BYTES = 4 << 20
+WRITEBACK_BYTES = 64 << 20
+"""After every this many bytes written, the kernel is asked to start writing the output to disk (see
+:func:`~ckpt_migrate.io.durability.start_writeback`): the disk writes then overlap the copy and the hash."""
 FEED_WINDOWS = 2
 KERNEL_COPY_MAX = 1 << 30
 PAGE = mmap.PAGESIZE
@@ -302,6 +306,7 @@ class _Output:
         self.buffer_bytes = min(COPY_BUFFER_BYTES, max(PAGE, -(-size_hint // PAGE) * PAGE))
         self.limit = PIPELINE_BUFFERS if verify or hasher is not None else 1
         self.made = 0
+        self.unflushed = 0
         self.windows = threading.Semaphore(FEED_WINDOWS)
         self.failure: BaseException | None = None
         self.check: bytearray | None = None
@@ -364,8 +369,15 @@ class _Output:
             buffer, count, _, _, hash_offset, release = item
             self._hash(buffer, count, hash_offset, release)
 
+    def _written(self, count: int) -> None:
+        self.unflushed += count
+        if self.unflushed >= WRITEBACK_BYTES:
+            self.unflushed = 0
+            start_writeback(self.fd)
+
     def _send(self, buffer: bytearray, count: int, position: int, name: str, hash_offset: int | None = None) -> None:
         _pwrite_all(self.fd, memoryview(buffer)[:count], position)
+        self._written(count)
         self._dispatch((buffer, count, position, name, hash_offset, functools.partial(self.free.put, buffer)))
 
     def feed(self, data: Any, offset: int) -> None:
@@ -384,6 +396,7 @@ class _Output:
         """
         if not self.verify:
             _pwrite_all(self.fd, data, position)
+            self._written(len(data))
             return
         for done in range(0, len(data), self.buffer_bytes):
             count = min(len(data) - done, self.buffer_bytes)
@@ -408,6 +421,8 @@ class _Output:
             count = -1
             if not user_space and (src_offset - position) % PAGE == 0:
                 count = _kernel_copy(src_fd, src_offset, self.fd, position, min(length, KERNEL_COPY_MAX))
+                if count > 0:
+                    self._written(count)
             if count < 0:
                 buffer = self._take()
                 count = os.preadv(src_fd, [memoryview(buffer)[: min(length, len(buffer))]], src_offset)
