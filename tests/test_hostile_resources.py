@@ -88,6 +88,15 @@ def test_hostile_names_never_reach_the_terminal_raw(tmp_path: Path, command: str
         assert set(loaded) == set(HOSTILE_NAMES)
 
 
+def test_hostile_file_names_in_a_dry_run_plan_are_inert(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _save(_weights(), src / "names\x1b[2J\x07.pt")
+    outcome = run_guarded(["migrate", str(src), str(tmp_path / "out"), "--to", "safetensors", "--dry-run"], tmp_path, [])
+    _check(outcome, 0)
+    assert "names\\x1b[2J\\x07.pt" in outcome.stdout and "nothing was written" in outcome.stdout
+
+
 def test_inspect_json_keeps_names_exact(tmp_path: Path) -> None:
     src = _save({name: torch.zeros(1) for name in HOSTILE_NAMES}, tmp_path / "n.pt")
     outcome = run_guarded(["inspect", str(src), "--json"], tmp_path, [])

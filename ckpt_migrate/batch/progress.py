@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Protocol
 
-from ckpt_migrate.reports.inert import inert_console, inert_text
+from ckpt_migrate.reports.inert import inert_console, inert_text, write_lines
 from ckpt_migrate.reports.units import human_size
 
 STATUS_LABEL = {"done": "converted", "failed": "FAILED", "refused": "REFUSED"}
@@ -128,11 +128,12 @@ def render_plan(report: Any, console: Any) -> None:
             table.add_row(*(inert_text(cell, markup=True) for cell in row))
         console.print(table)
     else:
-        console.print(title, markup=False, highlight=False, soft_wrap=True)
         width = max((len(row[4]) for row in rows), default=0)
+        lines = [title]
         for source, fmt, kind, destination, action, note in rows:
             target = f" → {destination} ({fmt}, {kind})" if destination != "-" else ""
-            console.print(f"  {action:<{width}}  {source}{target}{f'  [{note}]' if note else ''}", markup=False, highlight=False, soft_wrap=True)
+            lines.append(f"  {action:<{width}}  {source}{target}{f'  [{note}]' if note else ''}")
+        write_lines(console, lines)
     console.print(", ".join(f"{count} {name}" for name, count in sorted(report.actions.items())), markup=False, highlight=False)
 
 
