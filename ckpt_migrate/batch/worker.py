@@ -303,14 +303,29 @@ def _kind(source: Any, reader: Any, options: ConvertOptions) -> tuple[str, str |
 
 
 def survey_files(task: dict[str, Any]) -> dict[str, Any]:
-    """A worker's share of a batch's survey: :func:`survey` of each of ``task["urls"]``, in order."""
+    """A worker's share of a batch's survey: :func:`survey` of each of ``task["urls"]``, in order.
+
+    Args:
+        task: ``rel`` (the first file, naming the task), ``urls`` and ``convert`` (the batch's
+            options in a dry run, else None).
+
+    Returns:
+        ``{"source", "index", "status": "done", "surveys": [...]}``, one survey per URL.
+    """
     options = task.get("convert")
     return {"source": task["rel"], "index": task.get("index"), "status": "done",
             "surveys": [survey(url, options) for url in task["urls"]]}
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
-    """What a batch worker does with a task: survey files (``job`` ``survey``) or convert one."""
+    """What a batch worker does with a task: survey files (``job`` ``survey``) or convert one.
+
+    Args:
+        task: a survey task (:func:`survey_files`) or a conversion task (:func:`convert_one`).
+
+    Returns:
+        The task's result dict; a conversion never raises for a bad file.
+    """
     if task.get("job") == "survey":
         return survey_files(task)
     return convert_one(task)

@@ -66,6 +66,9 @@ def start_writeback(fd: int) -> None:
     of all at once when the user's ``sync`` or the next flush comes (``sync_file_range(2)`` with
     ``SYNC_FILE_RANGE_WRITE``; nothing where the call does not exist). It promises no durability:
     that is :func:`fsync_path` and :func:`make_durable`.
+
+    Args:
+        fd: an open descriptor of a regular file being written.
     """
     if not _writeback_call:
         try:

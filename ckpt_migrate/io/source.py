@@ -31,8 +31,17 @@ class Source:
     def remembered(self, key: str, make: Callable[[], Any]) -> Any:
         """What ``make()`` returned the first time ``key`` was asked for on this source.
 
-        A value with a ``close`` method is closed by :meth:`close`. An exception from ``make`` is
-        raised and nothing is remembered.
+        A value with a ``close`` method is closed by :meth:`close`.
+
+        Args:
+            key: names what is remembered (one reader's parse of the bytes).
+            make: builds it, called at most once per key while it succeeds.
+
+        Returns:
+            The remembered value.
+
+        Raises:
+            Exception: whatever ``make`` raises; nothing is remembered then.
         """
         if key not in self._remembered:
             self._remembered[key] = make()
