@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ckpt_migrate.errors import CkptMigrateError, MissingDependencyError, UsageError
-from ckpt_migrate.batch.worker import crashed, run_task
+from ckpt_migrate.batch.worker import crashed, prepare, run_task
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -311,8 +311,6 @@ def make_executor(name: str, *, jobs: int = 1, ray_address: str | None = None, f
         MissingDependencyError: ``ray`` without Ray installed.
     """
     if name == "local":
-        from ckpt_migrate.batch.worker import prepare
-
         return LocalExecutor(jobs, file_timeout=file_timeout, prepare=prepare)
     if name == "ray":
         return RayExecutor(ray_address, jobs if jobs > 1 else None)

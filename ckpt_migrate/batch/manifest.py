@@ -62,9 +62,8 @@ class Record:
         return (self.extra or {}).get(key, default)
 
     def __getitem__(self, key: str) -> Any:
-        missing = object()
-        value = self.get(key, missing)
-        if value is missing:
+        value = self.get(key, _ABSENT)
+        if value is _ABSENT:
             raise KeyError(key)
         return value
 

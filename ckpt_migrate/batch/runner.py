@@ -88,7 +88,7 @@ def _survey_all(src: Tree, entries: Sequence[Any], records: Mapping[str, Any], r
         if entry.skip_reason is not None:
             continue
         record = records.get(entry.rel)
-        if record and record.get("reader") and record.get("size") == entry.size and planning.same_time(record.get("mtime"), entry.mtime):
+        if _describes(record, entry) and record.get("reader"):
             sniffed[entry.rel] = planning.Sniffed(True, record["reader"])
         else:
             todo.append(entry.rel)
@@ -117,12 +117,17 @@ def _survey_all(src: Tree, entries: Sequence[Any], records: Mapping[str, Any], r
     return sniffed, kinds
 
 
+def _describes(record: Mapping[str, Any] | None, entry: Any) -> bool:
+    """True when a manifest record was made from the file as it is now (same size and modification time)."""
+    return bool(record) and record.get("size") == entry.size and planning.same_time(record.get("mtime"), entry.mtime)
+
+
 def _changed(entry: Any, records: Mapping[str, Any]) -> bool:
     """True when ``entry`` likely needs work: no successful record of it, or its size or mtime changed since."""
     if entry.skip_reason is not None:
         return False
     record = records.get(entry.rel)
-    return not record or record.get("status") != "done" or record.get("size") != entry.size or not planning.same_time(record.get("mtime"), entry.mtime)
+    return not _describes(record, entry) or record.get("status") != "done"
 
 
 @contextlib.contextmanager
@@ -257,56 +262,46 @@ def migrate(
         executor = "inline"
     surveying = dry_run and probe_kinds and executor == "local" and jobs > 1
     runner = make_executor(executor, jobs=jobs, ray_address=ray_address, file_timeout=file_timeout) if not dry_run or surveying else None
-    try:
-        return _plan_and_run(src, dst, options, runner, executor, jobs, dry_run, report, progress, probe_kinds,
-                             checkpoints_only, fsync, suffix, started)
-    finally:
+    force, key = options.force, options_key(options)
+    with contextlib.ExitStack() as cleanup:
         if runner is not None:
-            runner.close()
-
-
-def _plan_and_run(src: Tree, dst: Tree, options: ConvertOptions, runner: Any, executor: str, jobs: int, dry_run: bool,
-                  report: str | None, progress: Reporter | None, probe_kinds: bool, checkpoints_only: bool, fsync: bool,
-                  suffix: str, started: float) -> MigrateReport:
-    to, force, src_url, dst_url = options.to, options.force, src.url, dst.url
-    key = options_key(options)
-
-    manifest = Manifest(dst).load()
-    entries = src.walk(exclude=src.relative(dst))
-    if runner is not None and not dry_run and (force or any(_changed(entry, manifest.records) for entry in entries)):
-        runner.start()
-    sniffed, kinds = _survey_all(src, entries, manifest.records, runner, options if dry_run and probe_kinds else None)
-    readable = [entry.rel for entry in entries if entry.skip_reason is None and not entry.folder]
-    roles = layout.assign_roles(readable, {rel for rel in readable if sniffed[rel].checkpoint}, to=to,
-                                hf_layout=to == "safetensors" and not options.max_shard_size, read_text=src.read_text,
-                                checkpoints_only=checkpoints_only, suffix=suffix,
-                                folder_sources=[e.rel for e in entries if e.folder and e.skip_reason is None
-                                                and sniffed.get(e.rel) is not None and sniffed[e.rel].reader == "deepspeed"])
-    items = planning.build_plan(
-        entries, sniffed, suffix=suffix, options_key=key, records=manifest.records, dest_stat=dst.stat,
-        source_sha256=src.sha256, dest_sha256=dst.sha256, force=force, reserved=(MANIFEST_NAME, LOCK_NAME), roles=roles,
-    )
-    outcome = MigrateReport(src_url, dst_url, to, dry_run, getattr(runner, "name", executor), jobs,
-                            manifest=None if dry_run else dst.url_of(MANIFEST_NAME))
-    if dry_run:
-        for item in items:
-            if probe_kinds and item.action in (planning.CONVERT, planning.EXISTS) and item.format and item.kind is None:
-                if item.source not in kinds:
-                    found = survey(src.url_of(item.source), options)
-                    kinds[item.source] = (found["kind"], found["error"])
-                item.kind, error = kinds[item.source]
-                if error and not item.reason:
-                    item.reason = error
-            status = {planning.SKIP: "skipped", planning.UP_TO_DATE: "up-to-date"}.get(item.action, "planned")
-            outcome.files.append(_file_result(item, status))
-    else:
-        dst.makedirs()
-        with _locked(dst):
-            _execute(items, src, dst, manifest, runner, progress or Silent(), outcome, key, options, fsync)
-    outcome.seconds = time.perf_counter() - started
-    if report:
-        _write_report(report, outcome.to_dict())
-    return outcome
+            cleanup.callback(runner.close)
+        manifest = Manifest(dst).load()
+        entries = src.walk(exclude=src.relative(dst))
+        if runner is not None and not dry_run and (force or any(_changed(entry, manifest.records) for entry in entries)):
+            runner.start()
+        sniffed, kinds = _survey_all(src, entries, manifest.records, runner, options if dry_run and probe_kinds else None)
+        readable = [entry.rel for entry in entries if entry.skip_reason is None and not entry.folder]
+        roles = layout.assign_roles(readable, {rel for rel in readable if sniffed[rel].checkpoint}, to=to,
+                                    hf_layout=to == "safetensors" and not options.max_shard_size, read_text=src.read_text,
+                                    checkpoints_only=checkpoints_only, suffix=suffix,
+                                    folder_sources=[e.rel for e in entries if e.folder and e.skip_reason is None
+                                                    and sniffed.get(e.rel) is not None and sniffed[e.rel].reader == "deepspeed"])
+        items = planning.build_plan(
+            entries, sniffed, suffix=suffix, options_key=key, records=manifest.records, dest_stat=dst.stat,
+            source_sha256=src.sha256, dest_sha256=dst.sha256, force=force, reserved=(MANIFEST_NAME, LOCK_NAME), roles=roles,
+        )
+        outcome = MigrateReport(src_url, dst_url, to, dry_run, getattr(runner, "name", executor), jobs,
+                                manifest=None if dry_run else dst.url_of(MANIFEST_NAME))
+        if dry_run:
+            for item in items:
+                if probe_kinds and item.action in (planning.CONVERT, planning.EXISTS) and item.format and item.kind is None:
+                    if item.source not in kinds:
+                        found = survey(src.url_of(item.source), options)
+                        kinds[item.source] = (found["kind"], found["error"])
+                    item.kind, error = kinds[item.source]
+                    if error and not item.reason:
+                        item.reason = error
+                status = {planning.SKIP: "skipped", planning.UP_TO_DATE: "up-to-date"}.get(item.action, "planned")
+                outcome.files.append(_file_result(item, status))
+        else:
+            dst.makedirs()
+            with _locked(dst):
+                _execute(items, src, dst, manifest, runner, progress or Silent(), outcome, key, options, fsync)
+        outcome.seconds = time.perf_counter() - started
+        if report:
+            _write_report(report, outcome.to_dict())
+        return outcome
 
 
 DURABLE_BATCH = 64

@@ -91,12 +91,13 @@ class _Files:
             self.sink(data, offset)
 
 
-def _pread_into(fd: int, view: memoryview, offset: int, name: str) -> None:
+def _pread_into(fd: int, view: memoryview, offset: int, name: str, tensor: str | None = None) -> None:
     done = 0
     while done < len(view):
         count = os.preadv(fd, [view[done:]], offset + done)
         if count == 0:
-            raise CorruptFileError(f"file ends at byte {offset + done}, before the {len(view)} bytes a tensor needs (truncated)", path=name)
+            needed = f"{len(view) - done} bytes before the end of tensor {tensor!r}" if tensor else f"before the {len(view)} bytes a tensor needs"
+            raise CorruptFileError(f"file ends at byte {offset + done}, {needed} (truncated)", path=name)
         done += count
 
 
@@ -474,13 +475,7 @@ class _Image:
             CorruptFileError: the source ends early.
         """
         target = self.view[position: position + length]
-        done = 0
-        while done < length:
-            count = os.preadv(src_fd, [target[done:]], src_offset + done)
-            if count == 0:
-                raise CorruptFileError(f"file ends at byte {src_offset + done}, {length - done} bytes before the end of tensor {name!r} "
-                                       "(truncated)", path=source_name)
-            done += count
+        _pread_into(src_fd, target, src_offset, source_name, tensor=name)
         if hashed and self.hasher is not None:
             self.hasher.submit(src_offset, target)
 
